@@ -1,0 +1,122 @@
+"""Call history writes: one transaction per join or leave, run off the event loop.
+
+Nothing here is on the relay path; relays are counted in memory by the connection and
+flushed with its departure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.db.models import F, QuerySet
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from calls.models import CallParticipant, CallRoom
+from calls.presence.base import Departure, Participant, RoomSession
+from calls.protocol import LeaveReason
+
+
+@dataclass(slots=True)
+class RelayCounts:
+    """Messages one connection relayed in its current room."""
+
+    offers: int = 0
+    answers: int = 0
+    candidates: int = 0
+
+    def reset(self) -> RelayCounts:
+        """Return the counts so far and start again from zero."""
+        taken = RelayCounts(self.offers, self.answers, self.candidates)
+        self.offers = self.answers = self.candidates = 0
+        return taken
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@transaction.atomic
+def record_join(
+    *,
+    session: RoomSession,
+    participant: Participant,
+    member_count: int,
+    previous: Departure | None = None,
+    previous_counts: RelayCounts | None = None,
+) -> None:
+    """Record a join (and the departure from the previous room of a switch)."""
+    if previous is not None:
+        _record_departure(previous, LeaveReason.SWITCHED_ROOM, previous_counts or RelayCounts())
+    call = _session_row(session)
+    CallParticipant.objects.create(
+        call=call,
+        user_id=int(participant.user_id),
+        socket_id=participant.socket_id,
+        joined_at=_parse_time(participant.joined_at),
+    )
+    CallRoom.objects.filter(pk=call.pk).update(peak_participants=Greatest(F("peak_participants"), member_count))
+
+
+@transaction.atomic
+def record_leave(*, departure: Departure, reason: LeaveReason, counts: RelayCounts) -> None:
+    _record_departure(departure, reason, counts)
+
+
+def _record_departure(departure: Departure, reason: LeaveReason, counts: RelayCounts) -> None:
+    now = timezone.now()
+    session_id = departure.session.session_id
+    CallParticipant.objects.filter(call__session_id=session_id, socket_id=departure.participant.socket_id).update(
+        left_at=now, leave_reason=reason.value
+    )
+    updates = {
+        "offers_relayed": F("offers_relayed") + counts.offers,
+        "answers_relayed": F("answers_relayed") + counts.answers,
+        "candidates_relayed": F("candidates_relayed") + counts.candidates,
+    }
+    CallRoom.objects.filter(session_id=session_id).update(**updates)
+    if departure.room_emptied:
+        CallRoom.objects.filter(session_id=session_id, ended_at__isnull=True).update(ended_at=now)
+
+
+def _session_row(session: RoomSession) -> CallRoom:
+    """The row of a live session, created by whichever of its first joiners gets here
+    first (they all carry the same session record)."""
+    call = CallRoom.objects.filter(session_id=session.session_id).first()
+    if call is not None:
+        return call
+    # Presence says this session is the room's only live one, so any other row still
+    # open for the room id is a leftover whose end was not yet (or never) written.
+    _close_sessions(CallRoom.objects.filter(room_id=session.room_id, ended_at__isnull=True))
+    metadata = session.metadata
+    call, _ = CallRoom.objects.get_or_create(
+        session_id=session.session_id,
+        defaults={
+            "room_id": session.room_id,
+            "call_type": metadata["callType"],
+            "group_id": int(session.group_id) if session.group_id else None,
+            "created_by_id": int(metadata["createdBy"]),
+            "metadata": metadata,
+            "started_at": _parse_time(metadata["createdAt"]),
+        },
+    )
+    return call
+
+
+def _close_sessions(calls: QuerySet[CallRoom]) -> int:
+    now = timezone.now()
+    ids = list(calls.values_list("pk", flat=True))
+    CallParticipant.objects.filter(call_id__in=ids, left_at__isnull=True).update(
+        left_at=now, leave_reason=LeaveReason.LOST.value
+    )
+    return CallRoom.objects.filter(pk__in=ids).update(ended_at=now)
+
+
+@transaction.atomic
+def close_orphaned_sessions() -> int:
+    """End every session still open in the database (their participants leave as
+    ``lost``). Run when a single-process server starts: nothing of the previous run's
+    rooms survived it. Returns how many sessions were closed."""
+    return _close_sessions(CallRoom.objects.filter(ended_at__isnull=True))

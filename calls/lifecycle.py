@@ -1,0 +1,58 @@
+"""Per-process start-up work, run once before the first connection is served.
+
+Daphne speaks no ASGI lifespan protocol, so start-up happens on the first scope of any
+kind; under a server that does (uvicorn) it happens at lifespan start-up instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from calls import history
+
+logger = logging.getLogger("calls")
+
+
+class ServerLifecycle:
+    """ASGI middleware around the whole application."""
+
+    def __init__(self, application: Any) -> None:
+        self.application = application
+        self.started = False
+        self._lock: asyncio.Lock | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(receive, send)
+        if not self.started:
+            await self.startup()
+        return await self.application(scope, receive, send)
+
+    async def startup(self) -> None:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            if self.started:
+                return
+            if settings.CALLS_PRESENCE_BACKEND.endswith(".InMemoryPresence"):
+                # Single process: no room of a previous run survived it, so any session
+                # still open in the database is a ghost.
+                closed = await database_sync_to_async(history.close_orphaned_sessions)()
+                if closed:
+                    logger.warning("closed %d call sessions left open by a previous run", closed)
+            self.started = True
+
+    async def _lifespan(self, receive: Any, send: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.startup()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return

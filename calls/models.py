@@ -1,0 +1,80 @@
+"""Call history for auditing. Live state is in presence; these rows are its record."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class CallRoom(models.Model):
+    """One session of a call room: from its first join until its last participant left."""
+
+    class CallType(models.TextChoices):
+        AUDIO = "audio"
+        VIDEO = "video"
+
+    session_id = models.CharField(max_length=32, unique=True, editable=False)
+    room_id = models.CharField(max_length=128, db_index=True)
+    call_type = models.CharField(max_length=8, choices=CallType.choices)
+    group = models.ForeignKey(
+        "chatgroups.Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="call_rooms"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="created_calls"
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    peak_participants = models.PositiveIntegerField(default=0)
+    offers_relayed = models.PositiveBigIntegerField(default=0)
+    answers_relayed = models.PositiveBigIntegerField(default=0)
+    candidates_relayed = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        ordering = ("-started_at",)
+        constraints = [
+            # A room id has many sessions over time, at most one live.
+            models.UniqueConstraint(fields=("room_id",), condition=Q(ended_at__isnull=True), name="one_live_session")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.room_id} @ {self.started_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.ended_at is None
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        return self.ended_at - self.started_at if self.ended_at else None
+
+
+class CallParticipant(models.Model):
+    """One connection's stay in a call session."""
+
+    class LeaveReason(models.TextChoices):
+        LEFT = "left"
+        DISCONNECTED = "disconnected"
+        SWITCHED_ROOM = "switched-room"
+        LOST = "lost"
+
+    call = models.ForeignKey(CallRoom, on_delete=models.CASCADE, related_name="participants")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="calls")
+    socket_id = models.CharField(max_length=64)
+    joined_at = models.DateTimeField()
+    left_at = models.DateTimeField(null=True, blank=True)
+    leave_reason = models.CharField(max_length=16, choices=LeaveReason.choices, blank=True)
+
+    class Meta:
+        ordering = ("joined_at", "id")
+        constraints = [models.UniqueConstraint(fields=("call", "socket_id"), name="one_row_per_connection_and_call")]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.call.room_id}"
+
+    @property
+    def duration(self) -> dt.timedelta | None:
+        return self.left_at - self.joined_at if self.left_at else None

@@ -1,0 +1,144 @@
+"""The presence interface: the live state of call rooms.
+
+Which connections are in which room, in join order, with their participant records
+and the channel that currently reaches each one. ``socketId`` is a logical id mapped to
+a channel name, so that a resumed connection can take over an id.
+
+Every method is atomic: an implementation must never let two callers interleave inside
+one of them (the in-process store has no ``await`` inside a method; the Redis store runs
+each one as a single Lua script). The rules of PROTOCOL.md §5 rely on that: of n
+concurrent first joins exactly one creates the room, and capacity is never exceeded.
+
+This module knows nothing of Django, websockets or the wire format.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    socket_id: str
+    user_id: str
+    username: str
+    display_name: str
+    joined_at: str  # ISO 8601 UTC
+
+    def wire(self) -> dict[str, str]:
+        """The participant object of PROTOCOL.md §4."""
+        return {
+            "socketId": self.socket_id,
+            "userId": self.user_id,
+            "username": self.username,
+            "displayName": self.display_name,
+            "joinedAt": self.joined_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSession:
+    """One live session of a room: what its creator set, fixed for its lifetime."""
+
+    room_id: str
+    session_id: str
+    metadata: dict[str, Any]  # the room metadata of PROTOCOL.md §4
+    group_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    participant: Participant
+    channel_name: str
+
+
+class JoinStatus(Enum):
+    CREATED = "created"  # the room had no live session: this join started one
+    JOINED = "joined"
+    ALREADY_IN_ROOM = "already-in-room"
+    FORBIDDEN = "forbidden"  # the room is linked to a group the joiner is not in
+    FULL = "full"
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A participant removed from a room, and what is left there."""
+
+    session: RoomSession
+    participant: Participant
+    remaining: tuple[Member, ...]
+
+    @property
+    def room_emptied(self) -> bool:
+        return not self.remaining
+
+
+@dataclass(frozen=True, slots=True)
+class JoinOutcome:
+    status: JoinStatus
+    session: RoomSession | None = None
+    members: tuple[Member, ...] = ()  # everyone in the room after the join, oldest first
+    previous: Departure | None = None  # the room this connection left to join this one
+
+    def others(self, socket_id: str) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.participant.socket_id != socket_id)
+
+
+class RouteStatus(Enum):
+    OK = "ok"
+    NO_ROOM = "no-room"  # no live session with that room id
+    SENDER_NOT_IN_ROOM = "sender-not-in-room"
+    TARGET_NOT_IN_ROOM = "target-not-in-room"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    status: RouteStatus
+    channels: tuple[str, ...] = field(default=())
+
+
+class Presence(abc.ABC):
+    """Live room membership. All methods are coroutines and atomic."""
+
+    @abc.abstractmethod
+    async def join(
+        self,
+        *,
+        new_session: RoomSession,
+        member: Member,
+        capacity: int,
+        group_ids: frozenset[str],
+    ) -> JoinOutcome:
+        """Put ``member`` in ``new_session.room_id``.
+
+        If the room has no live session, ``new_session`` becomes it (``CREATED``);
+        otherwise the live one is kept and ``new_session`` is ignored. A room linked to
+        a group not in ``group_ids`` answers ``FORBIDDEN``, a room with ``capacity``
+        members ``FULL``, and both change nothing. A member already in the room gets
+        ``ALREADY_IN_ROOM``; one in another room is moved (``previous``).
+        """
+
+    @abc.abstractmethod
+    async def leave(self, *, room_id: str, socket_id: str) -> Departure | None:
+        """Remove a member; ``None`` if it is not in that room. The last one out ends
+        the session."""
+
+    @abc.abstractmethod
+    async def room_of(self, *, socket_id: str) -> str | None:
+        """The room a member is in."""
+
+    @abc.abstractmethod
+    async def session(self, *, room_id: str) -> RoomSession | None:
+        """The live session of a room."""
+
+    @abc.abstractmethod
+    async def members(self, *, room_id: str) -> tuple[Member, ...]:
+        """The members of a room, oldest first."""
+
+    @abc.abstractmethod
+    async def route(self, *, room_id: str, sender: str, target: str | None) -> Route:
+        """Channels to relay to: the target's, or every other member's when ``target``
+        is ``None``. Checks that the sender (and the target) are in the room."""

@@ -1,0 +1,282 @@
+"""The signaling protocol of PROTOCOL.md: event names, client request schemas, error
+codes and close codes. Nothing else in the code spells an event name or an error code.
+
+Parsing follows the order of PROTOCOL.md §3: frame size and type → (rate limit, done by
+the transport) → JSON object with a string ``event`` and an object ``data`` → known
+event → field rules. Unknown keys are ignored and never relayed: every outgoing payload
+is rebuilt from the declared fields below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from enum import IntEnum, StrEnum
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Raw, Struct, UnsetType
+
+MAX_METADATA_BYTES = 4096  # PROTOCOL.md §3: metadata is at most 4 KiB serialized
+MAX_REQUEST_ID_CHARS = 64
+
+
+class Event(StrEnum):
+    # client → server
+    JOIN_ROOM = "webrtc:join-room"
+    LEAVE_ROOM = "webrtc:leave-room"
+    OFFER = "webrtc:offer"
+    ANSWER = "webrtc:answer"
+    ICE_CANDIDATE = "webrtc:ice-candidate"
+    # server → client (offer, answer and ice-candidate are relayed under their own names)
+    CONNECTED = "webrtc:connected"
+    ROOM_JOINED = "webrtc:room-joined"
+    ROOM_LEFT = "webrtc:room-left"
+    PARTICIPANT_JOINED = "webrtc:participant-joined"
+    PARTICIPANT_LEFT = "webrtc:participant-left"
+    SIGNALING_ERROR = "webrtc:signaling-error"
+
+
+class ErrorCode(StrEnum):
+    INVALID_MESSAGE = "invalid-message"
+    UNKNOWN_EVENT = "unknown-event"
+    ROOM_NOT_FOUND = "room-not-found"
+    NOT_IN_ROOM = "not-in-room"
+    PARTICIPANT_NOT_FOUND = "participant-not-found"
+    FORBIDDEN = "forbidden"
+    ROOM_FULL = "room-full"
+    MESSAGE_TOO_LARGE = "message-too-large"
+    RATE_LIMITED = "rate-limited"
+    RESUME_FAILED = "resume-failed"
+    INTERNAL_ERROR = "internal-error"
+
+
+class LeaveReason(StrEnum):
+    LEFT = "left"
+    DISCONNECTED = "disconnected"
+    SWITCHED_ROOM = "switched-room"
+    LOST = "lost"
+
+
+class CloseCode(IntEnum):
+    GOING_AWAY = 1001
+    UNAUTHENTICATED = 4401
+    FLOODING = 4429
+
+
+RequestId = str | int
+
+
+class SignalingError(Exception):
+    """A request the protocol refuses; answered to its sender only, changing nothing."""
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        details: dict[str, Any] | None = None,
+        event: str | None = None,
+        request_id: RequestId | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+        self.event = event
+        self.request_id = request_id
+
+    def payload(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"error": self.code.value, "message": self.message}
+        if self.details:
+            data["details"] = self.details
+        if self.event:
+            data["event"] = self.event
+        data["timestamp"] = utc_now_iso()
+        return data
+
+
+def utc_now_iso() -> str:
+    """Now as ISO 8601 UTC with milliseconds, like JavaScript's ``toISOString()``."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------
+# Client request schemas (PROTOCOL.md §3)
+# ---------------------------------------------------------------------------
+
+RoomId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+SocketId = Annotated[str, Meta(min_length=1, max_length=128)]
+SdpMid = str | None
+SdpMLineIndex = Annotated[int, Meta(ge=0)] | None
+
+
+class SessionDescription(Struct, frozen=True):
+    """An RTCSessionDescriptionInit."""
+
+    type: Literal["offer", "answer"]
+    sdp: str
+
+    def wire(self) -> dict[str, Any]:
+        return {"type": self.type, "sdp": self.sdp}
+
+
+class IceCandidateInit(Struct, frozen=True):
+    """An RTCIceCandidateInit; an empty ``candidate`` means end-of-candidates."""
+
+    candidate: str
+    sdpMid: SdpMid | UnsetType = UNSET
+    sdpMLineIndex: SdpMLineIndex | UnsetType = UNSET
+    usernameFragment: str | UnsetType | None = UNSET
+
+    def wire(self) -> dict[str, Any]:
+        return _present_fields(self)
+
+
+class JoinRoom(Struct, frozen=True):
+    callRoomId: RoomId
+    callType: Literal["audio", "video"] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class LeaveRoom(Struct, frozen=True):
+    callRoomId: RoomId
+
+
+class Offer(Struct, frozen=True):
+    callRoomId: RoomId
+    targetSocketId: SocketId
+    offer: SessionDescription
+    sdpMid: SdpMid | UnsetType = UNSET
+    sdpMLineIndex: SdpMLineIndex | UnsetType = UNSET
+
+
+class Answer(Struct, frozen=True):
+    callRoomId: RoomId
+    targetSocketId: SocketId
+    answer: SessionDescription
+
+
+class IceCandidate(Struct, frozen=True):
+    callRoomId: RoomId
+    candidate: IceCandidateInit | str
+    targetSocketId: SocketId | None = None
+    sdpMid: SdpMid | UnsetType = UNSET
+    sdpMLineIndex: SdpMLineIndex | UnsetType = UNSET
+
+
+Request = JoinRoom | LeaveRoom | Offer | Answer | IceCandidate
+
+REQUEST_SCHEMAS: dict[str, type[Request]] = {
+    Event.JOIN_ROOM: JoinRoom,
+    Event.LEAVE_ROOM: LeaveRoom,
+    Event.OFFER: Offer,
+    Event.ANSWER: Answer,
+    Event.ICE_CANDIDATE: IceCandidate,
+}
+
+
+def _present_fields(struct: Struct) -> dict[str, Any]:
+    """The struct's fields that the client actually sent (``UNSET`` ones left out)."""
+    return {name: value for name in struct.__struct_fields__ if (value := getattr(struct, name)) is not UNSET}
+
+
+class _Envelope(Struct):
+    event: str
+    data: Raw
+    id: RequestId | UnsetType = UNSET
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_request_decoders = {event: msgspec.json.Decoder(schema) for event, schema in REQUEST_SCHEMAS.items()}
+_encoder = msgspec.json.Encoder()
+
+
+class ParsedRequest(Struct, frozen=True):
+    event: Event
+    request: Request
+    request_id: RequestId | None
+
+
+def parse_frame(text: str | bytes) -> ParsedRequest:
+    """Decode one client frame into a validated request, or raise ``SignalingError``.
+
+    The frame size and type checks belong to the transport, which sees the raw frame.
+    """
+    try:
+        envelope = _envelope_decoder.decode(text)
+    except msgspec.DecodeError as exc:
+        raise SignalingError(
+            ErrorCode.INVALID_MESSAGE,
+            'A frame must be a JSON object with a string "event" and an object "data".',
+            details={"reason": str(exc)},
+        ) from None
+    request_id = None if envelope.id is UNSET else envelope.id
+    if request_id is not None and len(str(request_id)) > MAX_REQUEST_ID_CHARS:
+        raise SignalingError(
+            ErrorCode.INVALID_MESSAGE,
+            f'"id" must be a string or an integer of at most {MAX_REQUEST_ID_CHARS} characters.',
+            event=envelope.event[:64],
+        )
+    raw_data = bytes(envelope.data).lstrip()
+    if not raw_data.startswith(b"{"):
+        raise SignalingError(
+            ErrorCode.INVALID_MESSAGE, '"data" must be a JSON object.', event=envelope.event[:64], request_id=request_id
+        )
+    decoder = _request_decoders.get(envelope.event)
+    if decoder is None:
+        raise SignalingError(
+            ErrorCode.UNKNOWN_EVENT,
+            "This server does not know that event.",
+            event=envelope.event[:64],
+            request_id=request_id,
+        )
+    try:
+        request = decoder.decode(raw_data)
+        if isinstance(request, JoinRoom) and request.metadata is not None:
+            request = _checked_join_metadata(request)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise SignalingError(
+            ErrorCode.INVALID_MESSAGE,
+            f"The {envelope.event} request is invalid: {exc}",
+            details={"reason": str(exc)},
+            event=envelope.event,
+            request_id=request_id,
+        ) from None
+    return ParsedRequest(event=Event(envelope.event), request=request, request_id=request_id)
+
+
+def _checked_join_metadata(request: JoinRoom) -> JoinRoom:
+    """Enforce the 4 KiB limit and normalize ``groupId`` to a string of digits."""
+    metadata = dict(request.metadata or {})
+    size = len(_encoder.encode(metadata))
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(
+            f"metadata is {size} bytes serialized; at most {MAX_METADATA_BYTES} are allowed - at `$.metadata`"
+        )
+    group_id = metadata.get("groupId")
+    if group_id is None:
+        metadata.pop("groupId", None)
+    elif isinstance(group_id, int) and not isinstance(group_id, bool) and 0 < group_id < 2**63:
+        metadata["groupId"] = str(group_id)
+    elif isinstance(group_id, str) and group_id.isascii() and group_id.isdigit() and 0 < len(group_id) <= 18:
+        metadata["groupId"] = str(int(group_id))
+    else:
+        raise ValueError("metadata.groupId must be a positive integer or a numeric string - at `$.metadata.groupId`")
+    return msgspec.structs.replace(request, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------
+# Server frames (PROTOCOL.md §1 and §4)
+# ---------------------------------------------------------------------------
+
+
+def encode_frame(event: Event, data: dict[str, Any], request_id: RequestId | None = None) -> str:
+    """One server → client frame as text; encoded once, however many receive it."""
+    frame: dict[str, Any] = {"event": event.value, "data": data}
+    if request_id is not None:
+        frame["id"] = request_id
+    return _encoder.encode(frame).decode()
+
+
+def error_frame(error: SignalingError) -> str:
+    return encode_frame(Event.SIGNALING_ERROR, error.payload(), error.request_id)

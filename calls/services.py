@@ -1,0 +1,286 @@
+"""The signaling rules of PROTOCOL.md §5 as plain async functions.
+
+No websocket code: a transport parses a frame into a ``protocol.ParsedRequest``, calls
+``handle_request`` with the ``Caller`` it holds for the connection, and sends back the
+reply text it returns. Everything addressed to other participants goes to their
+channels through the channel layer, one channel per recipient: SDP and candidates
+reveal addresses and must reach only their target, never a group that filters.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
+from channels.layers import get_channel_layer
+from django.conf import settings
+from msgspec import UNSET
+
+from calls import history
+from calls.history import RelayCounts
+from calls.ice import ice_servers_for
+from calls.presence import get_presence
+from calls.presence.base import Departure, JoinStatus, Member, Participant, RoomSession, RouteStatus
+from calls.protocol import (
+    Answer,
+    ErrorCode,
+    Event,
+    IceCandidate,
+    JoinRoom,
+    LeaveReason,
+    LeaveRoom,
+    Offer,
+    ParsedRequest,
+    SignalingError,
+    encode_frame,
+    utc_now_iso,
+)
+from groups.selectors import group_ids_of_user
+
+logger = logging.getLogger("calls")
+
+# The channel-layer message type a transport must handle: {"type": ..., "text": frame}.
+DELIVER_TYPE = "calls.frame"
+
+FORBIDDEN_GROUP = "You are not a member of the group this call belongs to."
+ROOM_FULL = "This call is full."
+NOT_IN_ROOM = "You are not in that call."
+ROOM_NOT_FOUND = "There is no call with that id."
+PARTICIPANT_NOT_FOUND = "That participant is not in this call."
+RECIPIENT_BUSY = "The recipient is not keeping up; try again."
+
+
+def new_socket_id() -> str:
+    """An opaque, unguessable connection id (128 random bits)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(slots=True)
+class Caller:
+    """What the rules need to know of one connection, whatever its transport."""
+
+    socket_id: str
+    channel_name: str
+    user_id: str
+    username: str
+    display_name: str
+    counts: RelayCounts = field(default_factory=RelayCounts)
+
+    def participant(self) -> Participant:
+        return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())
+
+    def log_context(self) -> str:
+        return f"socketId={self.socket_id} userId={self.user_id}"
+
+
+async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
+    """Apply one validated request; return the reply frame, if the event has one."""
+    request = parsed.request
+    try:
+        if isinstance(request, Offer | Answer | IceCandidate):
+            await relay(caller, request)
+            return None
+        if isinstance(request, JoinRoom):
+            return encode_frame(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
+        if isinstance(request, LeaveRoom):
+            return encode_frame(Event.ROOM_LEFT, await room_leave(caller, request), parsed.request_id)
+        raise AssertionError(f"no rule for {type(request).__name__}")
+    except SignalingError as error:
+        error.event, error.request_id = parsed.event.value, parsed.request_id
+        logger.info(
+            "signaling error %s event=%s room=%s %s",
+            error.code.value,
+            parsed.event.value,
+            request.callRoomId,
+            caller.log_context(),
+        )
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Rooms: join, switch, leave, disconnect
+# ---------------------------------------------------------------------------
+
+
+async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
+    """Rules 1 and 2: create or join a room, leaving the current one first."""
+    group_ids = await database_sync_to_async(group_ids_of_user)(user_id=int(caller.user_id))
+    requested_group = (request.metadata or {}).get("groupId")
+    if requested_group is not None and requested_group not in group_ids:
+        raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
+
+    me = caller.participant()
+    metadata = dict(request.metadata or {})
+    # The server's keys win over the creator's keys of the same name (PROTOCOL.md §4).
+    metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
+    proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
+    outcome = await get_presence().join(
+        new_session=proposal,
+        member=Member(me, caller.channel_name),
+        capacity=settings.CALLS_MAX_PARTICIPANTS,
+        group_ids=group_ids,
+    )
+    if outcome.status is JoinStatus.FORBIDDEN:
+        raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
+    if outcome.status is JoinStatus.FULL:
+        raise SignalingError(
+            ErrorCode.ROOM_FULL, ROOM_FULL, details={"maxParticipants": settings.CALLS_MAX_PARTICIPANTS}
+        )
+    assert outcome.session is not None
+    me = next(m.participant for m in outcome.members if m.participant.socket_id == caller.socket_id)
+    others = outcome.others(caller.socket_id)
+
+    if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
+        previous_counts = caller.counts.reset()
+        await _persist(
+            history.record_join,
+            session=outcome.session,
+            participant=me,
+            member_count=len(outcome.members),
+            previous=outcome.previous,
+            previous_counts=previous_counts,
+        )
+        if outcome.previous is not None:
+            await _announce_departure(outcome.previous, LeaveReason.SWITCHED_ROOM)
+        announcement = encode_frame(
+            Event.PARTICIPANT_JOINED, {"callRoomId": request.callRoomId, "participant": me.wire()}
+        )
+        await _deliver([m.channel_name for m in others], announcement)
+        logger.info(
+            "join room=%s %s count=%d created=%s",
+            request.callRoomId,
+            caller.log_context(),
+            len(outcome.members),
+            outcome.status is JoinStatus.CREATED,
+        )
+
+    return {
+        "callRoomId": request.callRoomId,
+        "participantCount": len(outcome.members),
+        "existingParticipants": [m.participant.wire() for m in others],
+        "participant": me.wire(),
+        "metadata": outcome.session.metadata,
+        "iceServers": ice_servers_for(user_id=caller.user_id),
+    }
+
+
+async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
+    """Rule 3: leave on request; the last one out ends the session."""
+    departure = await get_presence().leave(room_id=request.callRoomId, socket_id=caller.socket_id)
+    if departure is None:
+        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    await _depart(caller, departure, LeaveReason.LEFT)
+    return {"callRoomId": request.callRoomId}
+
+
+async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
+    """Rule 4: a closed connection leaves its room."""
+    presence = get_presence()
+    room_id = await presence.room_of(socket_id=caller.socket_id)
+    if room_id is None:
+        return
+    departure = await presence.leave(room_id=room_id, socket_id=caller.socket_id)
+    if departure is not None:
+        await _depart(caller, departure, reason)
+
+
+async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
+    await _persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
+    await _announce_departure(departure, reason)
+    logger.info(
+        "%s room=%s %s remaining=%d",
+        "leave" if reason is LeaveReason.LEFT else reason.value,
+        departure.session.room_id,
+        caller.log_context(),
+        len(departure.remaining),
+    )
+
+
+async def _announce_departure(departure: Departure, reason: LeaveReason) -> None:
+    frame = encode_frame(
+        Event.PARTICIPANT_LEFT,
+        {"callRoomId": departure.session.room_id, "participant": departure.participant.wire(), "reason": reason.value},
+    )
+    await _deliver([m.channel_name for m in departure.remaining], frame)
+
+
+async def _persist(write: Any, **kwargs: Any) -> None:
+    """Write call history off the event loop. Signaling goes on if the audit write
+    fails: a call must not break because its record could not be kept."""
+    try:
+        await database_sync_to_async(write)(**kwargs)
+    except Exception:
+        logger.exception("could not record call history (%s)", write.__name__)
+
+
+# ---------------------------------------------------------------------------
+# Relay: offer, answer, ICE candidate (rule 5). No SQL on this path.
+# ---------------------------------------------------------------------------
+
+
+async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
+    target = request.targetSocketId
+    route = await get_presence().route(room_id=request.callRoomId, sender=caller.socket_id, target=target)
+    if route.status is RouteStatus.NO_ROOM:
+        raise SignalingError(ErrorCode.ROOM_NOT_FOUND, ROOM_NOT_FOUND)
+    if route.status is RouteStatus.SENDER_NOT_IN_ROOM:
+        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    if route.status is RouteStatus.TARGET_NOT_IN_ROOM:
+        if isinstance(request, IceCandidate):
+            # The target has just left; its candidates are of no use to anyone.
+            logger.debug("candidate dropped room=%s to=%s", request.callRoomId, target)
+            return
+        raise SignalingError(ErrorCode.PARTICIPANT_NOT_FOUND, PARTICIPANT_NOT_FOUND)
+
+    event, data = _relayed(caller, request)
+    undelivered = await _deliver(route.channels, encode_frame(event, data))
+    if undelivered and target is not None:
+        raise SignalingError(ErrorCode.INTERNAL_ERROR, RECIPIENT_BUSY)
+    logger.debug("relay %s room=%s from=%s to=%s", event.value, request.callRoomId, caller.socket_id, target or "*")
+
+
+def _relayed(caller: Caller, request: Offer | Answer | IceCandidate) -> tuple[Event, dict[str, Any]]:
+    """The frame the recipient gets: rebuilt from declared fields only, with the
+    sender's real identity (never the client's word for it)."""
+    data: dict[str, Any] = {
+        "callRoomId": request.callRoomId,
+        "fromSocketId": caller.socket_id,
+        "fromUserId": caller.user_id,
+    }
+    if isinstance(request, Offer):
+        caller.counts.offers += 1
+        data["offer"] = request.offer.wire()
+        event = Event.OFFER
+    elif isinstance(request, Answer):
+        caller.counts.answers += 1
+        data["answer"] = request.answer.wire()
+        return Event.ANSWER, data
+    else:
+        caller.counts.candidates += 1
+        candidate = request.candidate
+        data["candidate"] = candidate if isinstance(candidate, str) else candidate.wire()
+        event = Event.ICE_CANDIDATE
+    if request.sdpMid is not UNSET:
+        data["sdpMid"] = request.sdpMid
+    if request.sdpMLineIndex is not UNSET:
+        data["sdpMLineIndex"] = request.sdpMLineIndex
+    return event, data
+
+
+async def _deliver(channels: list[str] | tuple[str, ...], text: str) -> int:
+    """Send one encoded frame to each channel; return how many could not take it."""
+    layer = get_channel_layer()
+    message = {"type": DELIVER_TYPE, "text": text}
+    undelivered = 0
+    for channel in channels:
+        try:
+            await layer.send(channel, message)
+        except ChannelFull:
+            undelivered += 1
+            logger.warning("channel full, frame dropped channel=%s", channel)
+    return undelivered

@@ -1,0 +1,26 @@
+"""ASGI entry point: HTTP goes to Django, websockets through the origin check and
+authentication to the signaling consumer."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+# Django must be set up before anything imports models.
+django_asgi_app = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
+
+from accounts.websocket import OriginCheck, WebsocketAuthMiddleware  # noqa: E402
+from calls.lifecycle import ServerLifecycle  # noqa: E402
+from calls.routing import websocket_urlpatterns  # noqa: E402
+
+application = ServerLifecycle(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": OriginCheck(SessionMiddlewareStack(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)))),
+        }
+    )
+)

@@ -1,0 +1,160 @@
+"""Django settings. Everything deployment-specific is read from the environment here,
+and only here (see the configuration table in README.md)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_int, env_json, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+DEBUG = env_bool("DEBUG", False)
+
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY is not set: set it, or set DEBUG=1 to use the development key.")
+    SECRET_KEY = "dev-only-insecure-key-never-use-in-production"  # noqa: S105 - development only
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    # daphne first: its runserver replaces Django's and serves websockets too.
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "accounts",
+    "groups",
+    "calls",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}",
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Joins and leaves write from a thread pool; wait for the lock instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+
+AUTH_USER_MODEL = "accounts.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+}
+
+SIMPLE_JWT = {
+    "ACCESS_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_ACCESS_TTL_SECS", 900, minimum=1)),
+    "REFRESH_TOKEN_LIFETIME": timedelta(seconds=env_int("JWT_REFRESH_TTL_SECS", 7 * 86400, minimum=1)),
+    "ALGORITHM": "HS256",
+    "SIGNING_KEY": SECRET_KEY,
+    "UPDATE_LAST_LOGIN": False,
+}
+
+# Channel layer: in-process by default; Redis when REDIS_URL is set, so that several
+# server processes share one set of rooms.
+REDIS_URL = env_str("REDIS_URL") or None
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Signaling settings: names and defaults are those of PROTOCOL.md §7.
+CALLS_MAX_PARTICIPANTS = env_int("CALLS_MAX_PARTICIPANTS", 16, minimum=1)
+CALLS_MAX_MESSAGE_BYTES = env_int("CALLS_MAX_MESSAGE_BYTES", 65536, minimum=1024)
+CALLS_RATE_LIMIT = env_int("CALLS_RATE_LIMIT", 100, minimum=1)
+CALLS_RATE_BURST = env_int("CALLS_RATE_BURST", 500, minimum=1)
+CALLS_AUTH_FAILURES_PER_MINUTE = env_int("CALLS_AUTH_FAILURES_PER_MINUTE", 30, minimum=1)
+CALLS_PRESENCE_TTL_SECS = env_int("CALLS_PRESENCE_TTL_SECS", 30, minimum=3)
+CALLS_RESUME_GRACE_SECS = env_int("CALLS_RESUME_GRACE_SECS", 20, minimum=0)
+CALLS_RESUME_BUFFER = env_int("CALLS_RESUME_BUFFER", 256, minimum=0)
+CALLS_ICE_SERVERS = env_json("CALLS_ICE_SERVERS", [], expect=list)
+CALLS_TURN_URLS = env_list("CALLS_TURN_URLS")
+CALLS_TURN_SECRET = env_str("CALLS_TURN_SECRET") or None
+CALLS_TURN_TTL_SECS = env_int("CALLS_TURN_TTL_SECS", 86400, minimum=60)
+# Where live room membership is kept (calls/presence/): this process's memory by default.
+CALLS_PRESENCE_BACKEND = env_str("CALLS_PRESENCE_BACKEND") or "calls.presence.memory.InMemoryPresence"
+
+for _server in CALLS_ICE_SERVERS:
+    if not isinstance(_server, dict) or not isinstance(_server.get("urls"), (str, list)):
+        raise ImproperlyConfigured(
+            'CALLS_ICE_SERVERS must be a list of RTCIceServer objects, each with "urls" (a string or a list).'
+        )
+if CALLS_TURN_URLS and not CALLS_TURN_SECRET:
+    raise ImproperlyConfigured("CALLS_TURN_URLS is set without CALLS_TURN_SECRET: set the coturn static-auth-secret.")
+
+LOG_LEVEL = (env_str("LOG_LEVEL") or "INFO").upper()
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": "WARNING"},
+    "loggers": {"calls": {"level": LOG_LEVEL}, "accounts": {"level": LOG_LEVEL}},
+}

@@ -1,0 +1,24 @@
+from django.http import Http404
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from groups.selectors import group_for_member, groups_of_user
+from groups.serializers import GroupDetailSerializer, GroupSerializer
+
+
+class GroupListView(APIView):
+    """The caller's groups."""
+
+    def get(self, request: Request) -> Response:
+        return Response(GroupSerializer(groups_of_user(user_id=request.user.pk), many=True).data)
+
+
+class GroupDetailView(APIView):
+    """One of the caller's groups with its members; 404 for anyone else."""
+
+    def get(self, request: Request, group_id: int) -> Response:
+        group = group_for_member(user_id=request.user.pk, group_id=group_id)
+        if group is None:
+            raise Http404
+        return Response(GroupDetailSerializer(group).data)

@@ -1,0 +1,167 @@
+"""Fixtures shared by every test: users, groups, tokens and connected websocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers
+from channels.testing import WebsocketCommunicator
+from rest_framework_simplejwt.tokens import AccessToken
+
+from accounts.models import User
+from calls.presence import reset_presence
+from groups.models import Group, Membership
+
+PASSWORD = "correct horse battery staple"
+RECEIVE_TIMEOUT_SECS = 2.0  # generous for a loaded CI machine; waits end on the event
+SILENCE_SECS = 0.2  # how long "nothing arrives" is watched for
+
+
+@pytest.fixture(autouse=True)
+def fresh_signaling_state() -> None:
+    """Each test starts with empty rooms and a fresh channel layer."""
+    import config.asgi
+
+    reset_presence()
+    channel_layers.backends.clear()
+    config.asgi.application.started = True  # start-up cleanup has its own test
+
+
+def make_user(username: str, *, display_name: str = "", active: bool = True) -> User:
+    user = User.objects.create_user(username=username, password=PASSWORD, display_name=display_name)
+    if not active:
+        user.is_active = False
+        user.save(update_fields=["is_active"])
+    return user
+
+
+@pytest.fixture
+def alice(db: None) -> User:
+    return make_user("alice", display_name="Alice A.")
+
+
+@pytest.fixture
+def bob(db: None) -> User:
+    return make_user("bob", display_name="Bob B.")
+
+
+@pytest.fixture
+def carol(db: None) -> User:
+    return make_user("carol")
+
+
+@pytest.fixture
+def dave(db: None) -> User:
+    """A user in no group."""
+    return make_user("dave", display_name="Dave D.")
+
+
+@pytest.fixture
+def team(alice: User, bob: User, carol: User) -> Group:
+    """A chat group of alice (owner), bob and carol."""
+    group = Group.objects.create(name="Team")
+    Membership.objects.create(group=group, user=alice, role=Membership.Role.OWNER)
+    Membership.objects.create(group=group, user=bob)
+    Membership.objects.create(group=group, user=carol)
+    return group
+
+
+def access_token(user: User) -> str:
+    return str(AccessToken.for_user(user))
+
+
+class Client:
+    """A websocket client of the native endpoint, over the real ASGI application."""
+
+    def __init__(self, communicator: WebsocketCommunicator) -> None:
+        self.communicator = communicator
+        self.socket_id = ""
+        self.user_id = ""
+
+    async def send(self, event: str, data: Any, id: str | int | None = None) -> None:
+        frame: dict[str, Any] = {"event": event, "data": data}
+        if id is not None:
+            frame["id"] = id
+        await self.communicator.send_json_to(frame)
+
+    async def send_raw(self, text: str) -> None:
+        await self.communicator.send_to(text_data=text)
+
+    async def receive(self, timeout: float = RECEIVE_TIMEOUT_SECS) -> dict[str, Any]:
+        return json.loads(await self.communicator.receive_from(timeout=timeout))
+
+    async def expect(self, event: str, timeout: float = RECEIVE_TIMEOUT_SECS) -> dict[str, Any]:
+        """The next frame, which must be ``event``; returns the whole frame."""
+        frame = await self.receive(timeout)
+        assert frame["event"] == event, f"expected {event}, got {frame}"
+        return frame
+
+    async def expect_error(self, code: str, *, event: str | None = None) -> dict[str, Any]:
+        frame = await self.expect("webrtc:signaling-error")
+        assert frame["data"]["error"] == code, frame
+        assert frame["data"]["message"]
+        assert frame["data"]["timestamp"]
+        if event is not None:
+            assert frame["data"]["event"] == event
+        return frame
+
+    async def expect_silence(self, secs: float = SILENCE_SECS) -> None:
+        assert await self.communicator.receive_nothing(timeout=secs), "an unexpected frame arrived"
+
+    async def join(self, room: str, **extra: Any) -> dict[str, Any]:
+        """Join and return the ``room-joined`` data."""
+        await self.send("webrtc:join-room", {"callRoomId": room, **extra})
+        return (await self.expect("webrtc:room-joined"))["data"]
+
+    async def leave(self, room: str) -> dict[str, Any]:
+        await self.send("webrtc:leave-room", {"callRoomId": room})
+        return (await self.expect("webrtc:room-left"))["data"]
+
+    async def close(self) -> None:
+        await self.communicator.disconnect()
+
+
+ConnectFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[ConnectFactory]:
+    """``await connect(user)`` → a ``Client`` that received ``webrtc:connected``.
+
+    Every client is disconnected at the end of the test, even when it fails.
+    """
+    from config.asgi import application
+
+    opened: list[WebsocketCommunicator] = []
+
+    async def _connect(
+        user: User | None = None,
+        *,
+        path: str | None = None,
+        headers: list[tuple[bytes, bytes]] | None = None,
+        expect_connected: bool = True,
+    ) -> Client:
+        if path is None:
+            token = access_token(user) if user is not None else ""
+            path = f"/ws/calls/?token={token}" if token else "/ws/calls/"
+        communicator = WebsocketCommunicator(application, path, headers=headers or [])
+        opened.append(communicator)
+        connected, _ = await communicator.connect(timeout=RECEIVE_TIMEOUT_SECS)
+        client = Client(communicator)
+        if expect_connected:
+            assert connected
+            frame = await client.expect("webrtc:connected")
+            client.socket_id = frame["data"]["socketId"]
+            client.user_id = frame["data"]["userId"]
+        return client
+
+    yield _connect
+    for communicator in opened:
+        try:
+            await asyncio.wait_for(communicator.disconnect(), RECEIVE_TIMEOUT_SECS)
+        except Exception:  # noqa: S110 - already closed by the test or the server
+            pass
