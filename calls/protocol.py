@@ -10,8 +10,8 @@ is rebuilt from the declared fields below.
 from __future__ import annotations
 
 import datetime as dt
-from enum import IntEnum, StrEnum
-from typing import Annotated, Any, Literal
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
@@ -57,10 +57,12 @@ class LeaveReason(StrEnum):
     LOST = "lost"
 
 
-class CloseCode(IntEnum):
-    GOING_AWAY = 1001
-    UNAUTHENTICATED = 4401
-    FLOODING = 4429
+class CloseCode:
+    """Close codes of PROTOCOL.md §8, as plain ints (autobahn refuses int subclasses)."""
+
+    GOING_AWAY: Final = 1001
+    UNAUTHENTICATED: Final = 4401
+    FLOODING: Final = 4429
 
 
 RequestId = str | int

@@ -10,8 +10,8 @@ import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts.models import User
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 ALLOWED_ORIGIN = (b"origin", b"http://localhost:8000")
 
 
-async def handshake(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> tuple[bool, object, WebsocketCommunicator]:
+async def handshake(
+    path: str, headers: list[tuple[bytes, bytes]] | None = None
+) -> tuple[bool, object, WebsocketCommunicator]:
     from config.asgi import application
 
     communicator = WebsocketCommunicator(application, path, headers=headers or [])
@@ -70,16 +72,26 @@ async def test_it_accepts_a_bearer_header(alice: User) -> None:
 
 
 async def test_it_accepts_a_session_cookie_with_an_allowed_origin(alice: User) -> None:
-    await assert_connected_as(alice, "/ws/calls/", [ALLOWED_ORIGIN, await database_sync_to_async(session_cookie)(alice)])
+    await assert_connected_as(
+        alice, "/ws/calls/", [ALLOWED_ORIGIN, await database_sync_to_async(session_cookie)(alice)]
+    )
 
 
 async def test_the_query_token_wins_over_the_header_and_the_session(alice: User, bob: User) -> None:
-    headers = [ALLOWED_ORIGIN, await database_sync_to_async(session_cookie)(bob), (b"authorization", f"Bearer {access_token(bob)}".encode())]
+    headers = [
+        ALLOWED_ORIGIN,
+        await database_sync_to_async(session_cookie)(bob),
+        (b"authorization", f"Bearer {access_token(bob)}".encode()),
+    ]
     await assert_connected_as(alice, f"/ws/calls/?token={access_token(alice)}", headers)
 
 
 async def test_the_header_wins_over_the_session(alice: User, bob: User) -> None:
-    headers = [ALLOWED_ORIGIN, await database_sync_to_async(session_cookie)(bob), (b"authorization", f"Bearer {access_token(alice)}".encode())]
+    headers = [
+        ALLOWED_ORIGIN,
+        await database_sync_to_async(session_cookie)(bob),
+        (b"authorization", f"Bearer {access_token(alice)}".encode()),
+    ]
     await assert_connected_as(alice, "/ws/calls/", headers)
 
 

@@ -1,0 +1,33 @@
+# Two commands from a fresh machine:
+#   make run    set up and serve http://127.0.0.1:8000 (SQLite, in-process layer, demo users)
+#   make test   set up and run the whole suite, lint included
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint format setup
+
+$(VENV)/.installed-%: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements$(if $(filter dev,$*),-dev,).txt
+	touch $@
+
+setup: $(VENV)/.installed-run
+	DEBUG=$${DEBUG-1} $(PY) manage.py migrate --noinput
+	DEBUG=$${DEBUG-1} $(PY) manage.py seed_demo
+
+run: setup
+	DEBUG=$${DEBUG-1} $(PY) manage.py runserver $(HOST):$(PORT)
+
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint
+	$(PY) -m pytest

@@ -1,0 +1,95 @@
+"""Tests that settings come from the environment and bad values fail loudly."""
+
+from __future__ import annotations
+
+import runpy
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+SETTINGS_FILE = Path(__file__).resolve().parents[2] / "config" / "settings.py"
+BASE_ENV = {"SECRET_KEY": "x" * 50, "DEBUG": "0"}
+
+
+def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
+    for name in ("REDIS_URL", "DATABASE_URL", "CALLS_TURN_URLS", "CALLS_TURN_SECRET", "CALLS_ICE_SERVERS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**BASE_ENV, **env}.items():
+        monkeypatch.setenv(name, value)
+    return runpy.run_path(str(SETTINGS_FILE))
+
+
+def test_the_calls_settings_have_the_protocol_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(monkeypatch)
+    assert {
+        name: loaded[name] for name in loaded if name.startswith("CALLS_") and name != "CALLS_PRESENCE_BACKEND"
+    } == {
+        "CALLS_MAX_PARTICIPANTS": 16,
+        "CALLS_MAX_MESSAGE_BYTES": 65536,
+        "CALLS_RATE_LIMIT": 100,
+        "CALLS_RATE_BURST": 500,
+        "CALLS_AUTH_FAILURES_PER_MINUTE": 30,
+        "CALLS_PRESENCE_TTL_SECS": 30,
+        "CALLS_RESUME_GRACE_SECS": 20,
+        "CALLS_RESUME_BUFFER": 256,
+        "CALLS_ICE_SERVERS": [],
+        "CALLS_TURN_URLS": [],
+        "CALLS_TURN_SECRET": None,
+        "CALLS_TURN_TTL_SECS": 86400,
+    }
+
+
+def test_each_calls_setting_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(
+        monkeypatch,
+        CALLS_MAX_PARTICIPANTS="4",
+        CALLS_RATE_LIMIT="7",
+        CALLS_ICE_SERVERS='[{"urls": "stun:stun.example.org:3478"}]',
+        CALLS_TURN_URLS="turn:a.example:3478, turns:a.example:5349",
+        CALLS_TURN_SECRET="s3cret",
+    )
+    assert loaded["CALLS_MAX_PARTICIPANTS"] == 4
+    assert loaded["CALLS_RATE_LIMIT"] == 7
+    assert loaded["CALLS_ICE_SERVERS"] == [{"urls": "stun:stun.example.org:3478"}]
+    assert loaded["CALLS_TURN_URLS"] == ["turn:a.example:3478", "turns:a.example:5349"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "says"),
+    [
+        ("CALLS_MAX_PARTICIPANTS", "many", "not an integer"),
+        ("CALLS_MAX_PARTICIPANTS", "0", "at least 1"),
+        ("CALLS_RATE_BURST", "1.5", "not an integer"),
+        ("CALLS_PRESENCE_TTL_SECS", "-1", "at least"),
+        ("CALLS_ICE_SERVERS", "{not json", "not valid JSON"),
+        ("CALLS_ICE_SERVERS", '{"urls": "stun:x"}', "JSON list"),
+        ("CALLS_ICE_SERVERS", '[{"url": "stun:x"}]', "RTCIceServer"),
+        ("CALLS_TURN_URLS", "turn:x:3478", "CALLS_TURN_SECRET"),
+        ("DEBUG", "maybe", "not a boolean"),
+    ],
+)
+def test_a_bad_value_raises_improperly_configured(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, says: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match=says):
+        load_settings(monkeypatch, **{name: value})
+
+
+def test_production_requires_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SECRET_KEY")
+    with pytest.raises(ImproperlyConfigured, match="SECRET_KEY"):
+        load_settings(monkeypatch, SECRET_KEY="")
+
+
+def test_the_channel_layer_follows_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(monkeypatch)["CHANNEL_LAYERS"]["default"]["BACKEND"].endswith("InMemoryChannelLayer")
+    redis = load_settings(monkeypatch, REDIS_URL="redis://127.0.0.1:6379/0")["CHANNEL_LAYERS"]["default"]
+    assert redis["BACKEND"].startswith("channels_redis")
+    assert redis["CONFIG"]["hosts"] == ["redis://127.0.0.1:6379/0"]
+
+
+def test_the_database_follows_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(monkeypatch)["DATABASES"]["default"]["ENGINE"] == "django.db.backends.sqlite3"
+    db = load_settings(monkeypatch, DATABASE_URL="postgres://u:p@127.0.0.1:5432/calls")["DATABASES"]["default"]
+    assert (db["ENGINE"], db["NAME"], db["HOST"]) == ("django.db.backends.postgresql", "calls", "127.0.0.1")

@@ -1,0 +1,56 @@
+"""Tests that a real daphne process serves the API and the websocket endpoint."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.servers import Server, prepare_database, server_env, start_daphne
+
+RECEIVE_TIMEOUT_SECS = 5.0
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("server")
+    env = server_env(tmp / "db.sqlite3")
+    prepare_database(env)
+    server = start_daphne(env, tmp / "daphne.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_a_demo_user_connects_with_a_token(server: Server) -> None:
+    token = server.token("alice")
+    async with websockets.connect(f"{server.ws}?token={token}", open_timeout=RECEIVE_TIMEOUT_SECS) as ws:
+        frame = json.loads(await ws.recv(RECEIVE_TIMEOUT_SECS))
+    assert frame["event"] == "webrtc:connected"
+    assert frame["data"]["userId"]
+
+
+async def test_a_foreign_origin_gets_http_403(server: Server) -> None:
+    token = server.token("alice")
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(
+            f"{server.ws}?token={token}", origin="https://evil.example", open_timeout=RECEIVE_TIMEOUT_SECS
+        ):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_a_missing_token_is_closed_with_4401(server: Server) -> None:
+    async with websockets.connect(server.ws, open_timeout=RECEIVE_TIMEOUT_SECS) as ws:
+        await ws.wait_closed()
+    assert ws.close_code == 4401
+
+
+def test_the_access_log_never_shows_a_token(server: Server, tmp_path: Path) -> None:
+    token = server.token("bob")
+    assert token not in server.log()
