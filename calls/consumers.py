@@ -71,6 +71,10 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         """Called for a frame that the rules address to this connection."""
         await self.send(text_data=message["text"])
 
+    async def calls_close(self, message: dict[str, Any]) -> None:
+        """Called when the server must drop this connection (its process was evicted)."""
+        await self.close(code=message["code"])
+
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, whoever closed it: leave the room."""
         if self.caller is not None:

@@ -11,9 +11,9 @@ import logging
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.conf import settings
 
-from calls import history
+from calls import history, liveness
+from calls.presence import get_presence
 
 logger = logging.getLogger("calls")
 
@@ -25,6 +25,7 @@ class ServerLifecycle:
         self.application = application
         self.started = False
         self._lock: asyncio.Lock | None = None
+        self._liveness: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         if scope["type"] == "lifespan":
@@ -39,7 +40,12 @@ class ServerLifecycle:
         async with self._lock:
             if self.started:
                 return
-            if settings.CALLS_PRESENCE_BACKEND.endswith(".InMemoryPresence"):
+            if get_presence().shared:
+                # Take a lease and clear dead peers' participants before serving anyone,
+                # then keep beating.
+                await liveness.liveness_tick()
+                self._liveness = asyncio.create_task(liveness.liveness_loop())
+            else:
                 # Single process: no room of a previous run survived it, so any session
                 # still open in the database is a ghost.
                 closed = await database_sync_to_async(history.close_orphaned_sessions)()

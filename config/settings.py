@@ -113,13 +113,25 @@ SIMPLE_JWT = {
 }
 
 # Channel layer: in-process by default; Redis when REDIS_URL is set, so that several
-# server processes share one set of rooms.
+# server processes share one set of rooms. REDIS_CHANNEL_LAYER picks the Redis layer
+# ("pubsub": one PUBLISH per relay; "core": lists with at-least-once queues).
 REDIS_URL = env_str("REDIS_URL") or None
+REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER") or "pubsub"
+_REDIS_LAYERS = {
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "core": "channels_redis.core.RedisChannelLayer",
+}
+if REDIS_CHANNEL_LAYER not in _REDIS_LAYERS:
+    raise ImproperlyConfigured(f"REDIS_CHANNEL_LAYER={REDIS_CHANNEL_LAYER!r}: use one of {', '.join(_REDIS_LAYERS)}.")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "BACKEND": _REDIS_LAYERS[REDIS_CHANNEL_LAYER],
+            "CONFIG": {
+                # redis-py 8 times idle reads out after 5 s, which kills blocking
+                # receives (channels_redis#422); its pool stops at 100 connections.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None, "max_connections": 1000}],
+            },
         }
     }
 else:
@@ -138,8 +150,11 @@ CALLS_ICE_SERVERS = env_json("CALLS_ICE_SERVERS", [], expect=list)
 CALLS_TURN_URLS = env_list("CALLS_TURN_URLS")
 CALLS_TURN_SECRET = env_str("CALLS_TURN_SECRET") or None
 CALLS_TURN_TTL_SECS = env_int("CALLS_TURN_TTL_SECS", 86400, minimum=60)
-# Where live room membership is kept (calls/presence/): this process's memory by default.
-CALLS_PRESENCE_BACKEND = env_str("CALLS_PRESENCE_BACKEND") or "calls.presence.memory.InMemoryPresence"
+# Where live room membership is kept (calls/presence/): this process's memory by default,
+# Redis (shared by every process) when REDIS_URL is set.
+CALLS_PRESENCE_BACKEND = env_str("CALLS_PRESENCE_BACKEND") or (
+    "calls.presence.redis.RedisPresence" if REDIS_URL else "calls.presence.memory.InMemoryPresence"
+)
 
 for _server in CALLS_ICE_SERVERS:
     if not isinstance(_server, dict) or not isinstance(_server.get("urls"), (str, list)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 from accounts.models import User
 from calls.presence import reset_presence
 from groups.models import Group, Membership
+from tests.redis_server import RedisServer
 
 PASSWORD = "correct horse battery staple"
 RECEIVE_TIMEOUT_SECS = 2.0  # generous for a loaded CI machine; waits end on the event
@@ -165,3 +166,19 @@ async def connect() -> AsyncIterator[ConnectFactory]:
             await asyncio.wait_for(communicator.disconnect(), RECEIVE_TIMEOUT_SECS)
         except Exception:  # noqa: S110 - already closed by the test or the server
             pass
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests that use it get it flushed."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    redis_server.flush()
+    return redis_server.url

@@ -86,18 +86,31 @@ class Server:
 
 
 def start_daphne(env: dict[str, str], log_path: Path) -> Server:
-    port = free_port()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-            cwd=PROJECT_DIR,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(port, process, log_path)
-    _wait_until_serving(server)
-    return server
+    return start_daphnes(env, [log_path])[0]
+
+
+def start_daphnes(env: dict[str, str], log_paths: list[Path]) -> list[Server]:
+    """Start one daphne process per log path, in parallel, and wait until all serve."""
+    servers = []
+    for log_path in log_paths:
+        port = free_port()
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+                cwd=PROJECT_DIR,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        servers.append(Server(port, process, log_path))
+    try:
+        for server in servers:
+            _wait_until_serving(server)
+    except BaseException:
+        for server in servers:
+            server.stop(signal.SIGKILL)
+        raise
+    return servers
 
 
 def _wait_until_serving(server: Server) -> None:

@@ -18,7 +18,7 @@ def get_presence() -> Presence:
     """The process-wide presence store, built on first use from ``CALLS_PRESENCE_BACKEND``."""
     global _presence
     if _presence is None:
-        _presence = import_string(settings.CALLS_PRESENCE_BACKEND)()
+        _presence = import_string(settings.CALLS_PRESENCE_BACKEND).from_settings(settings)
     return _presence
 
 

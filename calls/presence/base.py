@@ -100,8 +100,31 @@ class Route:
     channels: tuple[str, ...] = field(default=())
 
 
+class PresenceUnavailable(Exception):
+    """The store cannot be reached; the operation did not happen."""
+
+
+class PresenceEvicted(Exception):
+    """Peers declared this process dead (its lease expired) and removed its members.
+
+    ``channels`` are the channels of the connections it still served: they must be
+    closed, since their rooms were told they left."""
+
+    def __init__(self, channels: list[str]) -> None:
+        super().__init__(f"{len(channels)} connections evicted")
+        self.channels = channels
+
+
 class Presence(abc.ABC):
     """Live room membership. All methods are coroutines and atomic."""
+
+    # Whether other processes share this store (and so need leases and reaping).
+    shared: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: object) -> Presence:
+        """Build the store from Django settings."""
+        return cls()
 
     @abc.abstractmethod
     async def join(
@@ -116,7 +139,8 @@ class Presence(abc.ABC):
 
         If the room has no live session, ``new_session`` becomes it (``CREATED``);
         otherwise the live one is kept and ``new_session`` is ignored. A room linked to
-        a group not in ``group_ids`` answers ``FORBIDDEN``, a room with ``capacity``
+        a group not in ``group_ids`` (the live session's group, or the proposed one when
+        the join would create the room) answers ``FORBIDDEN``, a room with ``capacity``
         members ``FULL``, and both change nothing. A member already in the room gets
         ``ALREADY_IN_ROOM``; one in another room is moved (``previous``).
         """
@@ -137,6 +161,15 @@ class Presence(abc.ABC):
     @abc.abstractmethod
     async def members(self, *, room_id: str) -> tuple[Member, ...]:
         """The members of a room, oldest first."""
+
+    async def heartbeat(self) -> None:  # noqa: B027 - a no-op unless the store is shared
+        """Renew this process's lease (a shared store's liveness); raises
+        ``PresenceEvicted`` if peers already declared it dead."""
+
+    async def reap(self) -> list[Departure]:
+        """Remove the members of processes whose lease expired; each departure is
+        returned to exactly one caller, across processes."""
+        return []
 
     @abc.abstractmethod
     async def route(self, *, room_id: str, sender: str, target: str | None) -> Route:

@@ -47,6 +47,8 @@ class InMemoryPresence(Presence):
                 return JoinOutcome(JoinStatus.FORBIDDEN)
             if len(room.members) >= capacity:
                 return JoinOutcome(JoinStatus.FULL)
+        elif new_session.group_id is not None and new_session.group_id not in group_ids:
+            return JoinOutcome(JoinStatus.FORBIDDEN)
         previous_room = self._room_of.get(socket_id)
         previous = self._remove(previous_room, socket_id) if previous_room else None
         status = JoinStatus.JOINED

@@ -86,7 +86,8 @@ def test_the_channel_layer_follows_redis_url(monkeypatch: pytest.MonkeyPatch) ->
     assert load_settings(monkeypatch)["CHANNEL_LAYERS"]["default"]["BACKEND"].endswith("InMemoryChannelLayer")
     redis = load_settings(monkeypatch, REDIS_URL="redis://127.0.0.1:6379/0")["CHANNEL_LAYERS"]["default"]
     assert redis["BACKEND"].startswith("channels_redis")
-    assert redis["CONFIG"]["hosts"] == ["redis://127.0.0.1:6379/0"]
+    assert redis["CONFIG"]["hosts"][0]["address"] == "redis://127.0.0.1:6379/0"
+    assert redis["CONFIG"]["hosts"][0]["socket_timeout"] is None
 
 
 def test_the_database_follows_database_url(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,455 @@
+"""Presence in Redis, shared by every server process (PROTOCOL.md §5 rule 8).
+
+Each method is one Lua script, so it is atomic across processes: of n concurrent first
+joins exactly one creates the room, and capacity is checked and taken in one step.
+
+Liveness: every process holds a lease (``lease:<server>``, renewed by ``heartbeat``)
+and owns the members it joined (``server:<server>:sockets``). ``reap`` finds servers
+whose lease expired and removes their members; claiming a dead server is an ``SREM`` in
+the same script, so exactly one survivor reports each departure. A process that finds
+Redis emptied (restart without persistence) puts back the members it still holds.
+
+Keys (prefix ``calls:``), for room R, socket S and server V:
+  room:R            hash  session (JSON), group
+  room:R:order      zset  S → join time in µs (Redis clock), oldest first
+  room:R:members    hash  S → participant (JSON)
+  room:R:channels   hash  S → channel name
+  socket:S          string R
+  server:V:sockets  set   S…
+  servers           set   V…
+  lease:V           string, expires after the lease time
+  reaped:V          string, marks a server that was declared dead
+Redis Cluster is not supported: scripts touch keys of several rooms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar
+
+import redis.asyncio as aioredis
+from django.core.exceptions import ImproperlyConfigured
+from redis.exceptions import RedisError
+
+from calls.presence.base import (
+    Departure,
+    JoinOutcome,
+    JoinStatus,
+    Member,
+    Participant,
+    Presence,
+    PresenceEvicted,
+    PresenceUnavailable,
+    RoomSession,
+    Route,
+    RouteStatus,
+)
+
+logger = logging.getLogger("calls")
+
+PREFIX = "calls:"
+
+# Shared Lua helpers, prepended to the scripts that need them.
+_LUA_HELPERS = """
+local P = ARGV[1]
+local function room_keys(room)
+  local k = P .. 'room:' .. room
+  return k, k .. ':order', k .. ':members', k .. ':channels'
+end
+local function members_of(room)
+  local _, order, members, channels = room_keys(room)
+  local ids = redis.call('ZRANGE', order, 0, -1)
+  if #ids == 0 then return {}, {}, {} end
+  return ids, redis.call('HMGET', members, unpack(ids)), redis.call('HMGET', channels, unpack(ids))
+end
+-- Remove a socket from its room; returns {session, participant, ids, participants, channels}.
+local function remove(room, sock, server)
+  local key, order, members, channels = room_keys(room)
+  local session = redis.call('HGET', key, 'session')
+  local participant = redis.call('HGET', members, sock)
+  redis.call('ZREM', order, sock)
+  redis.call('HDEL', members, sock)
+  redis.call('HDEL', channels, sock)
+  redis.call('DEL', P .. 'socket:' .. sock)
+  redis.call('SREM', P .. 'server:' .. server .. ':sockets', sock)
+  local ids, ps, chs = members_of(room)
+  if #ids == 0 then redis.call('DEL', key, order, members, channels) end
+  return {session, participant, ids, ps, chs}
+end
+"""
+
+# ARGV: prefix, room, session, group, socket, participant, channel, capacity, groups(,), server
+_JOIN = (
+    _LUA_HELPERS
+    + """
+local room, sock, server = ARGV[2], ARGV[5], ARGV[10]
+local key, order, members, channels = room_keys(room)
+local current = redis.call('GET', P .. 'socket:' .. sock)
+local exists = redis.call('EXISTS', key) == 1
+local function admitted(group)
+  if not group or group == '' then return true end
+  for id in string.gmatch(ARGV[9], '[^,]+') do
+    if id == group then return true end
+  end
+  return false
+end
+if exists then
+  if current == room then
+    local ids, ps, chs = members_of(room)
+    return {'already-in-room', redis.call('HGET', key, 'session'), ids, ps, chs}
+  end
+  if not admitted(redis.call('HGET', key, 'group')) then return {'forbidden'} end
+  if redis.call('ZCARD', order) >= tonumber(ARGV[8]) then return {'full'} end
+elseif not admitted(ARGV[4]) then
+  return {'forbidden'}
+end
+local previous = false
+if current then previous = remove(current, sock, server) end
+local status = 'joined'
+if not exists then
+  redis.call('HSET', key, 'session', ARGV[3], 'group', ARGV[4])
+  status = 'created'
+end
+local now = redis.call('TIME')
+redis.call('ZADD', order, tonumber(now[1]) * 1000000 + tonumber(now[2]), sock)
+redis.call('HSET', members, sock, ARGV[6])
+redis.call('HSET', channels, sock, ARGV[7])
+redis.call('SET', P .. 'socket:' .. sock, room)
+redis.call('SADD', P .. 'server:' .. server .. ':sockets', sock)
+local ids, ps, chs = members_of(room)
+return {status, redis.call('HGET', key, 'session'), ids, ps, chs, previous}
+"""
+)
+
+# ARGV: prefix, room, socket, server
+_LEAVE = (
+    _LUA_HELPERS
+    + """
+if redis.call('GET', P .. 'socket:' .. ARGV[3]) ~= ARGV[2] then return false end
+return remove(ARGV[2], ARGV[3], ARGV[4])
+"""
+)
+
+# ARGV: prefix, room, sender, target ('' for everyone else)
+_ROUTE = """
+local key = ARGV[1] .. 'room:' .. ARGV[2]
+local channels = key .. ':channels'
+if redis.call('EXISTS', key) == 0 then return {'no-room'} end
+if redis.call('HEXISTS', channels, ARGV[3]) == 0 then return {'sender-not-in-room'} end
+if ARGV[4] ~= '' then
+  local channel = redis.call('HGET', channels, ARGV[4])
+  if not channel then return {'target-not-in-room'} end
+  return {'ok', channel}
+end
+local all = redis.call('HGETALL', channels)
+local out = {'ok'}
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[3] then out[#out + 1] = all[i + 1] end
+end
+return out
+"""
+
+# ARGV: prefix, server, lease ms. Returns -1 if this server was declared dead, 1 if
+# Redis did not know it (first beat, or Redis lost its data), else 0.
+_HEARTBEAT = """
+local P, server = ARGV[1], ARGV[2]
+if redis.call('EXISTS', P .. 'reaped:' .. server) == 1 then return -1 end
+local fresh = redis.call('SADD', P .. 'servers', server)
+redis.call('SET', P .. 'lease:' .. server, '1', 'PX', ARGV[3])
+return fresh
+"""
+
+# ARGV: prefix, dead server, tombstone secs. Returns the departures, or false if the
+# server is alive or another process already claimed it.
+_REAP = (
+    _LUA_HELPERS
+    + """
+local dead = ARGV[2]
+if redis.call('EXISTS', P .. 'lease:' .. dead) == 1 then return false end
+if redis.call('SREM', P .. 'servers', dead) == 0 then return false end
+redis.call('SET', P .. 'reaped:' .. dead, '1', 'EX', ARGV[3])
+local departures = {}
+local owned = P .. 'server:' .. dead .. ':sockets'
+for _, sock in ipairs(redis.call('SMEMBERS', owned)) do
+  local room = redis.call('GET', P .. 'socket:' .. sock)
+  if room then departures[#departures + 1] = remove(room, sock, dead) end
+end
+redis.call('DEL', owned)
+return departures
+"""
+)
+
+# ARGV: prefix, room, session, group, socket, participant, channel, score, server
+_RESTORE = (
+    _LUA_HELPERS
+    + """
+local room, sock = ARGV[2], ARGV[5]
+local key, order, members, channels = room_keys(room)
+redis.call('HSETNX', key, 'session', ARGV[3])
+redis.call('HSETNX', key, 'group', ARGV[4])
+redis.call('ZADD', order, 'NX', ARGV[8], sock)
+redis.call('HSET', members, sock, ARGV[6])
+redis.call('HSET', channels, sock, ARGV[7])
+redis.call('SET', P .. 'socket:' .. sock, room)
+redis.call('SADD', P .. 'server:' .. ARGV[9] .. ':sockets', sock)
+return 1
+"""
+)
+
+REAPED_TOMBSTONE_SECS = 3600  # long enough for an evicted process to notice on its next beat
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _unavailable_on_redis_error(method: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Turn Redis and network failures into ``PresenceUnavailable``."""
+
+    @functools.wraps(method)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await method(*args, **kwargs)
+        except (RedisError, OSError) as exc:
+            raise PresenceUnavailable(str(exc)) from exc
+
+    return wrapper
+
+
+def _session_json(session: RoomSession) -> str:
+    data = {"roomId": session.room_id, "sessionId": session.session_id, "metadata": session.metadata}
+    return json.dumps(data | {"groupId": session.group_id}, separators=(",", ":"))
+
+
+def _session_from(raw: bytes | str) -> RoomSession:
+    data = json.loads(raw)
+    return RoomSession(data["roomId"], data["sessionId"], data["metadata"], data["groupId"])
+
+
+def _participant_json(participant: Participant) -> str:
+    return json.dumps(participant.wire(), separators=(",", ":"))
+
+
+def _participant_from(raw: bytes | str) -> Participant:
+    data = json.loads(raw)
+    return Participant(data["socketId"], data["userId"], data["username"], data["displayName"], data["joinedAt"])
+
+
+def _members_from(participants: list[Any], channels: list[Any]) -> tuple[Member, ...]:
+    return tuple(
+        Member(_participant_from(p), c.decode() if isinstance(c, bytes) else c)
+        for p, c in zip(participants, channels, strict=True)
+        if p is not None and c is not None
+    )
+
+
+def _departure_from(reply: list[Any]) -> Departure:
+    session_raw, participant_raw, _ids, participants, channels = reply
+    remaining = _members_from(participants, channels)
+    return Departure(_session_from(session_raw), _participant_from(participant_raw), remaining)
+
+
+@dataclass(slots=True)
+class _Held:
+    """A member this process serves, kept to put it back if Redis loses its data."""
+
+    session: RoomSession
+    member: Member
+
+
+class RedisPresence(Presence):
+    shared = True
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RedisPresence:
+        if not settings.REDIS_URL:
+            raise ImproperlyConfigured("RedisPresence needs REDIS_URL.")
+        from calls.liveness import heartbeat_interval_secs, lease_secs
+
+        return cls(settings.REDIS_URL, lease_secs=lease_secs(), restore_window_secs=1.5 * heartbeat_interval_secs())
+
+    def __init__(
+        self, url: str, *, lease_secs: float, restore_window_secs: float = 1.5, server_id: str | None = None
+    ) -> None:
+        # No socket timeout: blocking is bounded by the scripts, and redis-py 8's default
+        # of 5 s would cut idle connections (channels_redis#422, redis-py#4091).
+        self.redis = aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=5, max_connections=1000)
+        self.server_id = server_id or uuid.uuid4().hex
+        self.lease_ms = int(lease_secs * 1000)
+        self._held: dict[str, _Held] = {}
+        self._registered = False
+        # After a restore, peers need up to one beat to restore theirs.
+        self.restore_window_secs = restore_window_secs
+        self._restored_at = -restore_window_secs
+        self._join = self.redis.register_script(_JOIN)
+        self._leave = self.redis.register_script(_LEAVE)
+        self._route = self.redis.register_script(_ROUTE)
+        self._heartbeat = self.redis.register_script(_HEARTBEAT)
+        self._reap = self.redis.register_script(_REAP)
+        self._restore = self.redis.register_script(_RESTORE)
+
+    @_unavailable_on_redis_error
+    async def join(
+        self,
+        *,
+        new_session: RoomSession,
+        member: Member,
+        capacity: int,
+        group_ids: frozenset[str],
+    ) -> JoinOutcome:
+        if not self._registered:
+            await self.heartbeat()  # hold a lease before owning members, or a peer could reap them
+        elif self._held:
+            await self._restore_if_forgotten()  # so that the joiner sees this process's members
+        socket_id = member.participant.socket_id
+        reply = await self._join(
+            args=[
+                PREFIX,
+                new_session.room_id,
+                _session_json(new_session),
+                new_session.group_id or "",
+                socket_id,
+                _participant_json(member.participant),
+                member.channel_name,
+                capacity,
+                ",".join(sorted(group_ids)),
+                self.server_id,
+            ]
+        )
+        status = JoinStatus(reply[0].decode())
+        if status in (JoinStatus.FORBIDDEN, JoinStatus.FULL):
+            return JoinOutcome(status)
+        session = _session_from(reply[1])
+        members = _members_from(reply[3], reply[4])
+        previous = _departure_from(reply[5]) if len(reply) > 5 and reply[5] else None
+        self._held[socket_id] = _Held(session, member)
+        return JoinOutcome(status, session, members, previous)
+
+    @_unavailable_on_redis_error
+    async def leave(self, *, room_id: str, socket_id: str) -> Departure | None:
+        reply = await self._leave(args=[PREFIX, room_id, socket_id, self.server_id])
+        if not reply:
+            return None
+        self._held.pop(socket_id, None)
+        return _departure_from(reply)
+
+    @_unavailable_on_redis_error
+    async def room_of(self, *, socket_id: str) -> str | None:
+        room = await self.redis.get(f"{PREFIX}socket:{socket_id}")
+        return room.decode() if room is not None else None
+
+    @_unavailable_on_redis_error
+    async def session(self, *, room_id: str) -> RoomSession | None:
+        raw = await self.redis.hget(f"{PREFIX}room:{room_id}", "session")
+        return _session_from(raw) if raw is not None else None
+
+    @_unavailable_on_redis_error
+    async def members(self, *, room_id: str) -> tuple[Member, ...]:
+        key = f"{PREFIX}room:{room_id}"
+        ids = await self.redis.zrange(f"{key}:order", 0, -1)
+        if not ids:
+            return ()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hmget(f"{key}:members", ids)
+            pipe.hmget(f"{key}:channels", ids)
+            participants, channels = await pipe.execute()
+        return _members_from(participants, channels)
+
+    @_unavailable_on_redis_error
+    async def route(self, *, room_id: str, sender: str, target: str | None) -> Route:
+        route = await self._route_once(room_id, sender, target)
+        suspicious = route.status in (RouteStatus.NO_ROOM, RouteStatus.SENDER_NOT_IN_ROOM) and sender in self._held
+        if suspicious and await self._restore_if_forgotten():
+            route = await self._route_once(room_id, sender, target)
+        if route.status is RouteStatus.TARGET_NOT_IN_ROOM and self._restoring():
+            # Peers may not have put their members back yet: "not found" could be false.
+            raise PresenceUnavailable("presence is being restored after Redis lost its data")
+        return route
+
+    async def _route_once(self, room_id: str, sender: str, target: str | None) -> Route:
+        reply = await self._route(args=[PREFIX, room_id, sender, target or ""])
+        return Route(RouteStatus(reply[0].decode()), tuple(c.decode() for c in reply[1:]))
+
+    async def _restore_if_forgotten(self) -> bool:
+        """If Redis no longer knows this process (it lost its data), register again and
+        put back the members this process holds, now rather than at the next beat.
+        Returns whether it did."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.sismember(f"{PREFIX}servers", self.server_id)
+            pipe.exists(f"{PREFIX}reaped:{self.server_id}")
+            registered, reaped = await pipe.execute()
+        if registered or reaped:
+            return False  # Redis knows this process (or evicted it, which the next beat handles)
+        await self.heartbeat()
+        return True
+
+    def _restoring(self) -> bool:
+        return time.monotonic() - self._restored_at < self.restore_window_secs
+
+    @_unavailable_on_redis_error
+    async def heartbeat(self) -> None:
+        result = await self._heartbeat(args=[PREFIX, self.server_id, self.lease_ms])
+        if result == -1:
+            # Peers declared this process dead and told its rooms; its members are gone.
+            channels = self.held_channels()
+            self._held.clear()
+            self.server_id = uuid.uuid4().hex
+            self._registered = False
+            raise PresenceEvicted(channels)
+        if result == 1 and self._registered:
+            await self._restore_held()
+            self._restored_at = time.monotonic()
+            logger.warning("Redis had lost this process's %d members; restored them", len(self._held))
+        self._registered = True
+
+    async def _restore_held(self) -> None:
+        """Redis lost its data: put back every member this process still serves."""
+        for socket_id, held in list(self._held.items()):
+            await self._restore(
+                args=[
+                    PREFIX,
+                    held.session.room_id,
+                    _session_json(held.session),
+                    held.session.group_id or "",
+                    socket_id,
+                    _participant_json(held.member.participant),
+                    held.member.channel_name,
+                    _joined_at_score(held.member.participant),
+                    self.server_id,
+                ]
+            )
+
+    @_unavailable_on_redis_error
+    async def reap(self) -> list[Departure]:
+        servers = [s.decode() for s in await self.redis.smembers(f"{PREFIX}servers")]
+        others = [s for s in servers if s != self.server_id]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for server in others:
+                pipe.exists(f"{PREFIX}lease:{server}")
+            leases = await pipe.execute()
+        departures: list[Departure] = []
+        for server, has_lease in zip(others, leases, strict=True):
+            if has_lease:
+                continue
+            # The script checks the lease again and claims the server atomically.
+            reply = await self._reap(args=[PREFIX, server, REAPED_TOMBSTONE_SECS])
+            departures.extend(_departure_from(d) for d in reply or [])
+        return departures
+
+    def held_channels(self) -> list[str]:
+        return [held.member.channel_name for held in self._held.values()]
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def _joined_at_score(participant: Participant) -> int:
+    """A join-order score for a restored member: its original join time in µs."""
+    joined = dt.datetime.fromisoformat(participant.joined_at.replace("Z", "+00:00"))
+    return int(joined.timestamp() * 1_000_000)

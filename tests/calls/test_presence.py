@@ -1,0 +1,273 @@
+"""Tests that both presence stores keep the same rules: one suite, run on each.
+
+The Redis store runs against a real redis-server; extra tests cover what only a shared
+store has (leases, reaping, restore after Redis lost its data, concurrency across
+clients that share nothing but Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from calls.presence.base import (
+    JoinStatus,
+    Member,
+    Participant,
+    Presence,
+    PresenceEvicted,
+    PresenceUnavailable,
+    RoomSession,
+    RouteStatus,
+)
+from calls.presence.memory import InMemoryPresence
+from calls.presence.redis import RedisPresence
+
+LEASE_SECS = 0.3
+ANYONE: frozenset[str] = frozenset()
+
+
+def member(socket_id: str, user_id: str = "1") -> Member:
+    participant = Participant(socket_id, user_id, f"user{user_id}", f"User {user_id}", "2026-11-26T08:00:00.000Z")
+    return Member(participant, f"channel-{socket_id}")
+
+
+def session(room_id: str = "room", session_id: str = "s1", group_id: str | None = None) -> RoomSession:
+    metadata = {"callType": "video", "createdAt": "2026-11-26T08:00:00.000Z", "createdBy": "1"}
+    return RoomSession(room_id, session_id, metadata | ({"groupId": group_id} if group_id else {}), group_id)
+
+
+async def join(presence: Presence, socket_id: str, room_id: str = "room", **kwargs: object):  # noqa: ANN201
+    options = {"capacity": 16, "group_ids": ANYONE} | kwargs
+    return await presence.join(new_session=session(room_id, f"s-{socket_id}"), member=member(socket_id), **options)
+
+
+def socket_ids(members: tuple[Member, ...]) -> list[str]:
+    return [m.participant.socket_id for m in members]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def presence(request: pytest.FixtureRequest) -> AsyncIterator[Presence]:
+    if request.param == "memory":
+        yield InMemoryPresence()
+        return
+    store = RedisPresence(request.getfixturevalue("redis_url"), lease_secs=LEASE_SECS)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_the_first_join_creates_the_room(presence: Presence) -> None:
+    outcome = await join(presence, "a")
+    assert outcome.status is JoinStatus.CREATED
+    assert outcome.session == session("room", "s-a")
+    assert socket_ids(outcome.members) == ["a"]
+    assert outcome.members[0] == member("a")
+    assert await presence.session(room_id="room") == session("room", "s-a")
+
+
+async def test_later_joins_keep_the_first_session_and_join_order(presence: Presence) -> None:
+    for socket_id in "abcd":
+        outcome = await join(presence, socket_id)
+    assert outcome.status is JoinStatus.JOINED
+    assert outcome.session.session_id == "s-a"
+    assert socket_ids(outcome.members) == ["a", "b", "c", "d"]
+    assert socket_ids(await presence.members(room_id="room")) == ["a", "b", "c", "d"]
+    assert socket_ids(outcome.others("d")) == ["a", "b", "c"]
+
+
+async def test_joining_the_same_room_again_changes_nothing(presence: Presence) -> None:
+    await join(presence, "a")
+    await join(presence, "b")
+    outcome = await join(presence, "a")
+    assert outcome.status is JoinStatus.ALREADY_IN_ROOM
+    assert socket_ids(outcome.members) == ["a", "b"]
+
+
+async def test_a_full_room_refuses_and_changes_nothing(presence: Presence) -> None:
+    await join(presence, "a", capacity=2)
+    await join(presence, "b", capacity=2)
+    await join(presence, "c", "elsewhere")
+    assert (await join(presence, "c", capacity=2)).status is JoinStatus.FULL
+    assert socket_ids(await presence.members(room_id="room")) == ["a", "b"]
+    assert await presence.room_of(socket_id="c") == "elsewhere"
+
+
+async def test_a_group_room_admits_its_members_only(presence: Presence) -> None:
+    created = await presence.join(
+        new_session=session(group_id="7"), member=member("a"), capacity=16, group_ids=frozenset({"7"})
+    )
+    assert created.session.group_id == "7"
+    outsider = await join(presence, "b", group_ids=frozenset({"8"}))
+    assert outsider.status is JoinStatus.FORBIDDEN
+    insider = await join(presence, "c", group_ids=frozenset({"7", "8"}))
+    assert insider.status is JoinStatus.JOINED
+    assert socket_ids(await presence.members(room_id="room")) == ["a", "c"]
+
+
+async def test_creating_a_room_for_a_group_one_is_not_in_is_forbidden(presence: Presence) -> None:
+    outcome = await presence.join(new_session=session(group_id="7"), member=member("a"), capacity=16, group_ids=ANYONE)
+    assert outcome.status is JoinStatus.FORBIDDEN
+    assert await presence.session(room_id="room") is None
+
+
+async def test_joining_another_room_moves_the_member(presence: Presence) -> None:
+    await join(presence, "a", "one")
+    await join(presence, "b", "one")
+    outcome = await join(presence, "a", "two")
+    assert outcome.status is JoinStatus.CREATED
+    assert outcome.previous is not None
+    assert outcome.previous.session.room_id == "one"
+    assert outcome.previous.participant == member("a").participant
+    assert socket_ids(outcome.previous.remaining) == ["b"]
+    assert await presence.room_of(socket_id="a") == "two"
+    assert socket_ids(await presence.members(room_id="one")) == ["b"]
+
+
+async def test_the_last_one_out_ends_the_session(presence: Presence) -> None:
+    await join(presence, "a")
+    await join(presence, "b")
+    first = await presence.leave(room_id="room", socket_id="a")
+    assert first is not None
+    assert socket_ids(first.remaining) == ["b"]
+    assert not first.room_emptied
+    last = await presence.leave(room_id="room", socket_id="b")
+    assert last is not None
+    assert last.room_emptied
+    assert await presence.session(room_id="room") is None
+    assert (await join(presence, "c")).session.session_id == "s-c"
+
+
+async def test_leaving_a_room_one_is_not_in_answers_none(presence: Presence) -> None:
+    await join(presence, "a", "one")
+    assert await presence.leave(room_id="two", socket_id="a") is None
+    assert await presence.leave(room_id="one", socket_id="nobody") is None
+    assert await presence.room_of(socket_id="a") == "one"
+
+
+async def test_routes_check_the_sender_and_the_target(presence: Presence) -> None:
+    for socket_id in "abc":
+        await join(presence, socket_id)
+    await join(presence, "x", "other")
+    assert (await presence.route(room_id="nowhere", sender="a", target="b")).status is RouteStatus.NO_ROOM
+    assert (await presence.route(room_id="room", sender="x", target="b")).status is RouteStatus.SENDER_NOT_IN_ROOM
+    assert (await presence.route(room_id="room", sender="a", target="x")).status is RouteStatus.TARGET_NOT_IN_ROOM
+    targeted = await presence.route(room_id="room", sender="a", target="b")
+    assert (targeted.status, targeted.channels) == (RouteStatus.OK, ("channel-b",))
+    broadcast = await presence.route(room_id="room", sender="a", target=None)
+    assert sorted(broadcast.channels) == ["channel-b", "channel-c"]
+
+
+async def test_concurrent_first_joins_create_one_session(presence: Presence) -> None:
+    outcomes = await asyncio.gather(*(join(presence, f"s{i}") for i in range(10)))
+    assert [o.status for o in outcomes].count(JoinStatus.CREATED) == 1
+    assert sorted(len(o.members) for o in outcomes) == list(range(1, 11))
+    assert len({o.session.session_id for o in outcomes}) == 1
+
+
+async def test_concurrent_joins_never_exceed_capacity(presence: Presence) -> None:
+    outcomes = await asyncio.gather(*(join(presence, f"s{i}", capacity=4) for i in range(12)))
+    assert [o.status for o in outcomes].count(JoinStatus.FULL) == 8
+    assert len(await presence.members(room_id="room")) == 4
+
+
+# ---------------------------------------------------------------------------
+# Only a shared store: several processes, leases, Redis failures
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def processes(redis_url: str) -> AsyncIterator[list[RedisPresence]]:
+    """Three stores on one Redis, as three server processes would have."""
+    stores = [RedisPresence(redis_url, lease_secs=LEASE_SECS, server_id=f"server{i}") for i in range(3)]
+    try:
+        yield stores
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_processes_creating_one_room_at_once_make_one_session(processes: list[RedisPresence]) -> None:
+    outcomes = await asyncio.gather(*(join(processes[i % 3], f"s{i}") for i in range(12)))
+    assert [o.status for o in outcomes].count(JoinStatus.CREATED) == 1
+    assert sorted(len(o.members) for o in outcomes) == list(range(1, 13))
+    assert len({o.session.session_id for o in outcomes}) == 1
+
+
+async def test_a_dead_process_is_reaped_exactly_once(processes: list[RedisPresence]) -> None:
+    alive, other, dead = processes
+    await join(alive, "a")
+    await join(dead, "d1")
+    await join(dead, "d2", "second")
+    await join(other, "o")
+    await asyncio.sleep(LEASE_SECS * 1.5)  # the dead one stops beating; its lease runs out
+    await alive.heartbeat()
+    await other.heartbeat()
+    reaped = await asyncio.gather(alive.reap(), other.reap())
+    departures = reaped[0] + reaped[1]
+    assert sorted(d.participant.socket_id for d in departures) == ["d1", "d2"]
+    by_socket = {d.participant.socket_id: d for d in departures}
+    assert socket_ids(by_socket["d1"].remaining) == ["a", "o"]
+    assert by_socket["d2"].room_emptied
+    assert socket_ids(await alive.members(room_id="room")) == ["a", "o"]
+    assert await alive.session(room_id="second") is None
+    assert await alive.reap() == []
+
+
+async def test_a_live_process_is_never_reaped(processes: list[RedisPresence]) -> None:
+    first, second, _ = processes
+    await join(first, "a")
+    await join(second, "b")
+    for _ in range(4):
+        await asyncio.sleep(LEASE_SECS / 3)
+        await first.heartbeat()
+        await second.heartbeat()
+        assert await first.reap() == []
+    assert socket_ids(await first.members(room_id="room")) == ["a", "b"]
+
+
+async def test_a_process_declared_dead_learns_it_on_its_next_beat(processes: list[RedisPresence]) -> None:
+    survivor, slow, _ = processes
+    await join(survivor, "a")
+    await join(slow, "b")
+    await asyncio.sleep(LEASE_SECS * 1.5)
+    await survivor.heartbeat()
+    assert [d.participant.socket_id for d in await survivor.reap()] == ["b"]
+    with pytest.raises(PresenceEvicted) as evicted:
+        await slow.heartbeat()
+    assert evicted.value.channels == ["channel-b"]
+    await slow.heartbeat()  # back as a new server, holding nothing
+    assert socket_ids(await survivor.members(room_id="room")) == ["a"]
+
+
+async def test_members_are_put_back_after_redis_lost_its_data(
+    processes: list[RedisPresence], redis_server: object
+) -> None:
+    first, second, _ = processes
+    for store, socket_id in ((first, "a"), (second, "b"), (first, "c")):
+        await join(store, socket_id)
+    await first.leave(room_id="room", socket_id="c")
+    redis_server.flush()  # type: ignore[attr-defined] - a restart without persistence
+    await first.heartbeat()
+    await second.heartbeat()
+    members = await first.members(room_id="room")
+    assert socket_ids(members) == ["a", "b"]
+    assert (await first.session(room_id="room")).session_id == "s-a"
+    route = await second.route(room_id="room", sender="b", target="a")
+    assert route.channels == ("channel-a",)
+
+
+async def test_an_unreachable_redis_raises_presence_unavailable(redis_server: object) -> None:
+    from tests.servers import free_port
+
+    store = RedisPresence(f"redis://127.0.0.1:{free_port()}/0", lease_secs=LEASE_SECS)
+    try:
+        with pytest.raises(PresenceUnavailable):
+            await join(store, "a")
+        with pytest.raises(PresenceUnavailable):
+            await store.route(room_id="room", sender="a", target=None)
+    finally:
+        await store.close()

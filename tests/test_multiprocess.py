@@ -1,0 +1,203 @@
+"""Tests that several real daphne processes sharing one Redis serve one set of rooms
+(PROTOCOL.md §5 rule 8), and survive a process kill and a Redis restart (rule 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import RedisServer
+from tests.servers import Server, prepare_database, server_env, start_daphnes
+from tests.wsclient import WsClient
+
+PRESENCE_TTL_SECS = 3  # the smallest the settings allow, to keep the kill test short
+LOST_MARGIN_SECS = 3.0  # scheduling slack on a loaded two-core CI machine
+USERS = ("alice", "bob", "carol")
+
+
+@dataclass
+class Cluster:
+    servers: list[Server]
+    redis: RedisServer
+    database: Path
+    tokens: dict[str, str]
+
+    def rows(self, sql: str, *params: object) -> list[tuple]:
+        with sqlite3.connect(self.database, timeout=20) as db:
+            return db.execute(sql, params).fetchall()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """Redis, a shared SQLite database and three daphne processes; all stopped after."""
+    redis = RedisServer(tmp_path / "redis").start()
+    database = tmp_path / "db.sqlite3"
+    env = server_env(database, REDIS_URL=redis.url, CALLS_PRESENCE_TTL_SECS=str(PRESENCE_TTL_SECS))
+    servers: list[Server] = []
+    try:
+        prepare_database(env)
+        servers = start_daphnes(env, [tmp_path / f"daphne{i}.log" for i in range(3)])
+        tokens = {user: servers[0].token(user) for user in USERS}
+        yield Cluster(servers, redis, database, tokens)
+    finally:
+        for server in servers:
+            server.stop(signal.SIGKILL)
+        redis.stop()
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[WsClient]]:
+    """Clients opened by a test through ``connect_to``; all closed after it."""
+    opened: list[WsClient] = []
+    yield opened
+    async with AsyncExitStack():
+        for client in opened:
+            try:
+                await client.close()
+            except Exception:  # noqa: S110 - the server may be gone already
+                pass
+
+
+async def connect_to(cluster: Cluster, clients: list[WsClient], server: int, user: str) -> WsClient:
+    client = await WsClient.open(cluster.servers[server].ws, cluster.tokens[user])
+    clients.append(client)
+    return client
+
+
+async def test_participants_on_different_processes_signal_each_other(
+    cluster: Cluster, clients: list[WsClient]
+) -> None:
+    alice = await connect_to(cluster, clients, 0, "alice")
+    bob = await connect_to(cluster, clients, 1, "bob")
+    carol = await connect_to(cluster, clients, 2, "carol")
+    await alice.join("x-room")
+    joined = await bob.join("x-room")
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id]
+    assert (await alice.expect("webrtc:participant-joined"))["data"]["participant"]["socketId"] == bob.socket_id
+    joined = await carol.join("x-room")
+    assert joined["participantCount"] == 3
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
+    await alice.expect("webrtc:participant-joined")
+    await bob.expect("webrtc:participant-joined")
+
+    offer = {"type": "offer", "sdp": "v=0 offer"}
+    await alice.send("webrtc:offer", {"callRoomId": "x-room", "targetSocketId": carol.socket_id, "offer": offer})
+    relayed = (await carol.expect("webrtc:offer"))["data"]
+    assert (relayed["fromSocketId"], relayed["fromUserId"], relayed["offer"]) == (alice.socket_id, alice.user_id, offer)
+    answer = {"type": "answer", "sdp": "v=0 answer"}
+    await carol.send("webrtc:answer", {"callRoomId": "x-room", "targetSocketId": alice.socket_id, "answer": answer})
+    assert (await alice.expect("webrtc:answer"))["data"]["answer"] == answer
+    await bob.expect_silence()
+
+    await bob.send("webrtc:ice-candidate", {"callRoomId": "x-room", "targetSocketId": alice.socket_id, "candidate": "c1"})
+    assert (await alice.expect("webrtc:ice-candidate"))["data"]["candidate"] == "c1"
+    await carol.expect_silence()
+    await bob.send("webrtc:ice-candidate", {"callRoomId": "x-room", "candidate": "everyone"})
+    for other in (alice, carol):
+        assert (await other.expect("webrtc:ice-candidate"))["data"]["fromSocketId"] == bob.socket_id
+    await bob.expect_silence()
+
+    await alice.send("webrtc:offer", {"callRoomId": "x-room", "targetSocketId": "gone", "offer": offer})
+    assert (await alice.expect("webrtc:signaling-error"))["data"]["error"] == "participant-not-found"
+
+
+async def test_concurrent_first_joins_across_processes_make_one_session(
+    cluster: Cluster, clients: list[WsClient]
+) -> None:
+    joiners = [await connect_to(cluster, clients, i % 3, USERS[i % 3]) for i in range(9)]
+    results = await asyncio.gather(*(client.join("race") for client in joiners))
+    assert sorted(r["participantCount"] for r in results) == list(range(1, 10))
+    assert len({r["metadata"]["createdAt"] for r in results}) == 1
+    assert cluster.rows("SELECT count(*) FROM calls_callroom WHERE room_id = 'race'") == [(1,)]
+
+
+async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: list[WsClient]) -> None:
+    alice = await connect_to(cluster, clients, 0, "alice")
+    bob = await connect_to(cluster, clients, 1, "bob")
+    await alice.join("keep")
+    await bob.join("keep")
+    await alice.expect("webrtc:participant-joined")
+    await alice.send("webrtc:leave-room", {"callRoomId": "keep"})
+    await alice.expect("webrtc:room-left")
+    assert (await bob.expect("webrtc:participant-left"))["data"]["reason"] == "left"
+    carol = await connect_to(cluster, clients, 2, "carol")
+    joined = await carol.join("keep")
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [bob.socket_id]
+    assert cluster.rows("SELECT count(*) FROM calls_callroom WHERE room_id = 'keep' AND ended_at IS NULL") == [(1,)]
+
+
+async def test_a_killed_process_participants_are_lost_within_the_ttl(
+    cluster: Cluster, clients: list[WsClient]
+) -> None:
+    alice = await connect_to(cluster, clients, 0, "alice")
+    doomed = await connect_to(cluster, clients, 1, "bob")
+    await alice.join("kill")
+    await doomed.join("kill")
+    await alice.expect("webrtc:participant-joined")
+
+    killed_at = time.monotonic()
+    cluster.servers[1].stop(signal.SIGKILL)
+    left = await alice.expect("webrtc:participant-left", timeout=PRESENCE_TTL_SECS + LOST_MARGIN_SECS)
+    assert left["data"]["reason"] == "lost"
+    assert left["data"]["participant"]["socketId"] == doomed.socket_id
+    assert time.monotonic() - killed_at < PRESENCE_TTL_SECS + LOST_MARGIN_SECS
+
+    carol = await connect_to(cluster, clients, 2, "carol")
+    joined = await carol.join("kill")
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id]
+    rows = cluster.rows("SELECT left_at IS NOT NULL, leave_reason FROM calls_callparticipant WHERE socket_id = ?",
+                        doomed.socket_id)  # fmt: skip
+    assert rows == [(1, "lost")]
+    await alice.expect("webrtc:participant-joined")
+    await alice.expect_silence(0.5)  # told once, whichever survivor noticed
+
+
+async def test_a_call_keeps_signaling_across_a_redis_restart(cluster: Cluster, clients: list[WsClient]) -> None:
+    alice = await connect_to(cluster, clients, 0, "alice")
+    bob = await connect_to(cluster, clients, 1, "bob")
+    await alice.join("survive")
+    await bob.join("survive")
+    await alice.expect("webrtc:participant-joined")
+
+    cluster.redis.restart()  # no persistence: every key is gone
+
+    # Until the processes have put their participants back (within one heartbeat),
+    # signaling may answer internal-error; then it must work again by itself.
+    deadline = time.monotonic() + PRESENCE_TTL_SECS + LOST_MARGIN_SECS
+    delivered = None
+    while delivered is None and time.monotonic() < deadline:
+        await alice.send("webrtc:ice-candidate", {"callRoomId": "survive", "targetSocketId": bob.socket_id,
+                                                  "candidate": "after-restart"})  # fmt: skip
+        reply = await bob_or_error(alice, bob)
+        if reply is not None:
+            delivered = reply
+    assert delivered is not None, "signaling did not recover after the Redis restart"
+    assert delivered["data"]["fromSocketId"] == alice.socket_id
+
+    carol = await connect_to(cluster, clients, 2, "carol")
+    joined = await carol.join("survive")
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
+
+
+async def bob_or_error(alice: WsClient, bob: WsClient) -> dict | None:
+    """The candidate as bob got it, or ``None`` if alice was answered with an error or
+    nothing arrived in a short while (a frame published while the layer resubscribed)."""
+    bob_gets = asyncio.ensure_future(bob.receive(timeout=0.5))
+    alice_gets = asyncio.ensure_future(alice.receive(timeout=0.5))
+    done, pending = await asyncio.wait({bob_gets, alice_gets}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if bob_gets in done and bob_gets.exception() is None:
+        return bob_gets.result()
+    if alice_gets in done and alice_gets.exception() is None:
+        assert alice_gets.result()["data"]["error"] == "internal-error"
+    return None
