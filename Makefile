@@ -30,4 +30,5 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff format .
 
 test: lint
+	scripts/ensure-redis
 	$(PY) -m pytest

@@ -183,20 +183,37 @@ def _present_fields(struct: Struct) -> dict[str, Any]:
 
 
 class _Envelope(Struct):
-    event: str
-    data: Raw
-    id: RequestId | UnsetType = UNSET
+    # Raw slices: the envelope is checked field by field, so that an error can still
+    # name the event and echo the id of a frame whose other parts are wrong.
+    event: Raw | UnsetType = UNSET
+    data: Raw | UnsetType = UNSET
+    id: Raw | UnsetType = UNSET
 
 
 _envelope_decoder = msgspec.json.Decoder(_Envelope)
+_event_decoder = msgspec.json.Decoder(str)
+_id_decoder = msgspec.json.Decoder(RequestId)
 _request_decoders = {event: msgspec.json.Decoder(schema) for event, schema in REQUEST_SCHEMAS.items()}
 _encoder = msgspec.json.Encoder()
+
+BAD_ENVELOPE = 'A frame must be a JSON object with a string "event" and an object "data".'
+BAD_ID = f'"id" must be a string or an integer of at most {MAX_REQUEST_ID_CHARS} characters.'
 
 
 class ParsedRequest(Struct, frozen=True):
     event: Event
     request: Request
     request_id: RequestId | None
+
+
+def _decoded(decoder: msgspec.json.Decoder, raw: Raw | UnsetType) -> Any:
+    """The value of an envelope field, or ``None`` if it is missing or of the wrong type."""
+    if raw is UNSET:
+        return None
+    try:
+        return decoder.decode(raw)
+    except msgspec.ValidationError:
+        return None
 
 
 def parse_frame(text: str | bytes) -> ParsedRequest:
@@ -206,45 +223,34 @@ def parse_frame(text: str | bytes) -> ParsedRequest:
     """
     try:
         envelope = _envelope_decoder.decode(text)
-    except msgspec.DecodeError as exc:
-        raise SignalingError(
-            ErrorCode.INVALID_MESSAGE,
-            'A frame must be a JSON object with a string "event" and an object "data".',
-            details={"reason": str(exc)},
-        ) from None
-    request_id = None if envelope.id is UNSET else envelope.id
+    except msgspec.DecodeError as exc:  # not JSON, or not an object: nothing to echo
+        raise SignalingError(ErrorCode.INVALID_MESSAGE, BAD_ENVELOPE, details={"reason": str(exc)}) from None
+    event = _decoded(_event_decoder, envelope.event)
+    request_id = _decoded(_id_decoder, envelope.id)
     if request_id is not None and len(str(request_id)) > MAX_REQUEST_ID_CHARS:
-        raise SignalingError(
-            ErrorCode.INVALID_MESSAGE,
-            f'"id" must be a string or an integer of at most {MAX_REQUEST_ID_CHARS} characters.',
-            event=envelope.event[:64],
-        )
-    raw_data = bytes(envelope.data).lstrip()
-    if not raw_data.startswith(b"{"):
-        raise SignalingError(
-            ErrorCode.INVALID_MESSAGE, '"data" must be a JSON object.', event=envelope.event[:64], request_id=request_id
-        )
-    decoder = _request_decoders.get(envelope.event)
+        request_id = None
+    if envelope.id is not UNSET and request_id is None:
+        raise SignalingError(ErrorCode.INVALID_MESSAGE, BAD_ID, event=event)
+    if event is None or envelope.data is UNSET or not bytes(envelope.data).lstrip().startswith(b"{"):
+        raise SignalingError(ErrorCode.INVALID_MESSAGE, BAD_ENVELOPE, event=event, request_id=request_id)
+    decoder = _request_decoders.get(event)
     if decoder is None:
         raise SignalingError(
-            ErrorCode.UNKNOWN_EVENT,
-            "This server does not know that event.",
-            event=envelope.event[:64],
-            request_id=request_id,
+            ErrorCode.UNKNOWN_EVENT, "This server does not know that event.", event=event, request_id=request_id
         )
     try:
-        request = decoder.decode(raw_data)
+        request = decoder.decode(envelope.data)
         if isinstance(request, JoinRoom) and request.metadata is not None:
             request = _checked_join_metadata(request)
     except (msgspec.ValidationError, ValueError) as exc:
         raise SignalingError(
             ErrorCode.INVALID_MESSAGE,
-            f"The {envelope.event} request is invalid: {exc}",
+            f"The {event} request is invalid: {exc}",
             details={"reason": str(exc)},
-            event=envelope.event,
+            event=event,
             request_id=request_id,
         ) from None
-    return ParsedRequest(event=Event(envelope.event), request=request, request_id=request_id)
+    return ParsedRequest(event=Event(event), request=request, request_id=request_id)
 
 
 def _checked_join_metadata(request: JoinRoom) -> JoinRoom:

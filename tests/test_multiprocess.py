@@ -72,9 +72,7 @@ async def connect_to(cluster: Cluster, clients: list[WsClient], server: int, use
     return client
 
 
-async def test_participants_on_different_processes_signal_each_other(
-    cluster: Cluster, clients: list[WsClient]
-) -> None:
+async def test_participants_on_different_processes_signal_each_other(cluster: Cluster, clients: list[WsClient]) -> None:
     alice = await connect_to(cluster, clients, 0, "alice")
     bob = await connect_to(cluster, clients, 1, "bob")
     carol = await connect_to(cluster, clients, 2, "carol")
@@ -97,7 +95,9 @@ async def test_participants_on_different_processes_signal_each_other(
     assert (await alice.expect("webrtc:answer"))["data"]["answer"] == answer
     await bob.expect_silence()
 
-    await bob.send("webrtc:ice-candidate", {"callRoomId": "x-room", "targetSocketId": alice.socket_id, "candidate": "c1"})
+    await bob.send(
+        "webrtc:ice-candidate", {"callRoomId": "x-room", "targetSocketId": alice.socket_id, "candidate": "c1"}
+    )
     assert (await alice.expect("webrtc:ice-candidate"))["data"]["candidate"] == "c1"
     await carol.expect_silence()
     await bob.send("webrtc:ice-candidate", {"callRoomId": "x-room", "candidate": "everyone"})
@@ -134,9 +134,7 @@ async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: li
     assert cluster.rows("SELECT count(*) FROM calls_callroom WHERE room_id = 'keep' AND ended_at IS NULL") == [(1,)]
 
 
-async def test_a_killed_process_participants_are_lost_within_the_ttl(
-    cluster: Cluster, clients: list[WsClient]
-) -> None:
+async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cluster, clients: list[WsClient]) -> None:
     alice = await connect_to(cluster, clients, 0, "alice")
     doomed = await connect_to(cluster, clients, 1, "bob")
     await alice.join("kill")

@@ -39,7 +39,7 @@ def session(room_id: str = "room", session_id: str = "s1", group_id: str | None 
     return RoomSession(room_id, session_id, metadata | ({"groupId": group_id} if group_id else {}), group_id)
 
 
-async def join(presence: Presence, socket_id: str, room_id: str = "room", **kwargs: object):  # noqa: ANN201
+async def join(presence: Presence, socket_id: str, room_id: str = "room", **kwargs: object):
     options = {"capacity": 16, "group_ids": ANYONE} | kwargs
     return await presence.join(new_session=session(room_id, f"s-{socket_id}"), member=member(socket_id), **options)
 
