@@ -60,6 +60,13 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
                 )
             reply = await services.handle_request(caller, protocol.parse_frame(text_data))
         except SignalingError as error:
+            logger.info(
+                "signaling error %s event=%.64r room=%s %s",
+                error.code.value,
+                error.event,
+                error.room_id,
+                caller.log_context(),
+            )
             reply = protocol.error_frame(error)
         except Exception:
             logger.exception("internal error %s", caller.log_context())

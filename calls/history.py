@@ -7,6 +7,7 @@ flushed with its departure.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from django.db import transaction
@@ -114,9 +115,15 @@ def _close_sessions(calls: QuerySet[CallRoom]) -> int:
     return CallRoom.objects.filter(pk__in=ids).update(ended_at=now)
 
 
+def open_sessions() -> list[tuple[str, str]]:
+    """``(room_id, session_id)`` of every session the database still shows as live."""
+    return list(CallRoom.objects.filter(ended_at__isnull=True).values_list("room_id", "session_id"))
+
+
 @transaction.atomic
-def close_orphaned_sessions() -> int:
-    """End every session still open in the database (their participants leave as
-    ``lost``). Run when a single-process server starts: nothing of the previous run's
-    rooms survived it. Returns how many sessions were closed."""
-    return _close_sessions(CallRoom.objects.filter(ended_at__isnull=True))
+def close_orphaned_sessions(*, keep: Collection[str] = ()) -> int:
+    """End every session still open in the database except those in ``keep`` (session
+    ids that presence shows live); their participants leave as ``lost``. Run when a
+    server process starts, so that the audit never shows ghosts of a previous run.
+    Returns how many sessions were closed."""
+    return _close_sessions(CallRoom.objects.filter(ended_at__isnull=True).exclude(session_id__in=list(keep)))

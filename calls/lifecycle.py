@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 
 from calls import history, liveness
 from calls.presence import get_presence
+from calls.presence.base import Presence, PresenceUnavailable
 
 logger = logging.getLogger("calls")
 
@@ -40,17 +41,13 @@ class ServerLifecycle:
         async with self._lock:
             if self.started:
                 return
-            if get_presence().shared:
+            presence = get_presence()
+            if presence.shared:
                 # Take a lease and clear dead peers' participants before serving anyone,
                 # then keep beating.
                 await liveness.liveness_tick()
                 self._liveness = asyncio.create_task(liveness.liveness_loop())
-            else:
-                # Single process: no room of a previous run survived it, so any session
-                # still open in the database is a ghost.
-                closed = await database_sync_to_async(history.close_orphaned_sessions)()
-                if closed:
-                    logger.warning("closed %d call sessions left open by a previous run", closed)
+            await close_orphaned_sessions(presence)
             self.started = True
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -62,3 +59,20 @@ class ServerLifecycle:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+async def close_orphaned_sessions(presence: Presence) -> None:
+    """End the database sessions that presence does not know as live: every one, for a
+    single process starting; those left by processes that died unseen, for a cluster."""
+    try:
+        live = set()
+        for room_id, session_id in await database_sync_to_async(history.open_sessions)():
+            session = await presence.session(room_id=room_id)
+            if session is not None and session.session_id == session_id:
+                live.add(session_id)
+    except PresenceUnavailable:
+        logger.warning("presence unavailable at start-up; open call sessions left as they are")
+        return
+    closed = await database_sync_to_async(history.close_orphaned_sessions)(keep=live)
+    if closed:
+        logger.warning("closed %d call sessions left open by a previous run", closed)

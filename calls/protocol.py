@@ -79,6 +79,7 @@ class SignalingError(Exception):
         details: dict[str, Any] | None = None,
         event: str | None = None,
         request_id: RequestId | None = None,
+        room_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
@@ -86,6 +87,7 @@ class SignalingError(Exception):
         self.details = details
         self.event = event
         self.request_id = request_id
+        self.room_id = room_id  # for the log only; never sent
 
     def payload(self) -> dict[str, Any]:
         data: dict[str, Any] = {"error": self.code.value, "message": self.message}

@@ -109,17 +109,14 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
     except PresenceUnavailable as exc:
         logger.warning("presence unavailable: %s", exc)
         raise SignalingError(
-            ErrorCode.INTERNAL_ERROR, UNAVAILABLE, event=parsed.event.value, request_id=parsed.request_id
+            ErrorCode.INTERNAL_ERROR,
+            UNAVAILABLE,
+            event=parsed.event.value,
+            request_id=parsed.request_id,
+            room_id=request.callRoomId,
         ) from None
     except SignalingError as error:
-        error.event, error.request_id = parsed.event.value, parsed.request_id
-        logger.info(
-            "signaling error %s event=%s room=%s %s",
-            error.code.value,
-            parsed.event.value,
-            request.callRoomId,
-            caller.log_context(),
-        )
+        error.event, error.request_id, error.room_id = parsed.event.value, parsed.request_id, request.callRoomId
         raise
 
 

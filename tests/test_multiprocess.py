@@ -199,3 +199,34 @@ async def bob_or_error(alice: WsClient, bob: WsClient) -> dict | None:
     if alice_gets in done and alice_gets.exception() is None:
         assert alice_gets.result()["data"]["error"] == "internal-error"
     return None
+
+
+async def test_an_unreachable_redis_gives_internal_errors_then_signaling_recovers(
+    cluster: Cluster, clients: list[WsClient]
+) -> None:
+    alice = await connect_to(cluster, clients, 0, "alice")
+    bob = await connect_to(cluster, clients, 1, "bob")
+    await alice.join("outage")
+    await bob.join("outage")
+    await alice.expect("webrtc:participant-joined")
+
+    cluster.redis.stop()
+    await alice.send("webrtc:join-room", {"callRoomId": "elsewhere"}, id="during")
+    refused = await alice.expect("webrtc:signaling-error")
+    assert (refused["data"]["error"], refused["id"]) == ("internal-error", "during")
+    await alice.send("webrtc:offer", {"callRoomId": "outage", "targetSocketId": bob.socket_id,
+                                      "offer": {"type": "offer", "sdp": "v=0"}})  # fmt: skip
+    assert (await alice.expect("webrtc:signaling-error"))["data"]["error"] == "internal-error"
+    assert all(server.process.poll() is None for server in cluster.servers), "a process died"
+
+    cluster.redis.start()
+    deadline = time.monotonic() + PRESENCE_TTL_SECS + LOST_MARGIN_SECS
+    delivered = None
+    while delivered is None and time.monotonic() < deadline:
+        await alice.send("webrtc:ice-candidate", {"callRoomId": "outage", "targetSocketId": bob.socket_id,
+                                                  "candidate": "after-outage"})  # fmt: skip
+        delivered = await bob_or_error(alice, bob)
+    assert delivered is not None, "signaling did not recover after Redis came back"
+    carol = await connect_to(cluster, clients, 2, "carol")
+    joined = await carol.join("outage")
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]

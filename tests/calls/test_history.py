@@ -243,6 +243,20 @@ async def test_server_start_up_closes_sessions_left_open_by_a_previous_run(alice
     assert (await CallParticipant.objects.aget(call=orphan)).leave_reason == "lost"
 
 
+async def test_start_up_keeps_the_sessions_presence_shows_live(connect: ConnectFactory, alice: User) -> None:
+    from config.asgi import application
+
+    client = await connect(alice)
+    await client.join("still-on")
+    orphan = await database_sync_to_async(make_call)("orphan", creator=alice, stays=((alice, ""),))
+    application.started = False
+
+    await application.startup()
+
+    assert (await CallRoom.objects.aget(room_id="still-on")).ended_at is None
+    assert (await CallRoom.objects.aget(pk=orphan.pk)).ended_at is not None
+
+
 async def test_the_first_connection_after_start_runs_the_start_up(connect: ConnectFactory, alice: User) -> None:
     from config.asgi import application
 
