@@ -158,36 +158,34 @@ async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cl
     await alice.expect_silence(0.5)  # told once, whichever survivor noticed
 
 
-async def test_a_call_keeps_signaling_across_a_redis_restart(cluster: Cluster, clients: list[WsClient]) -> None:
+async def pair_in_room(cluster: Cluster, clients: list[WsClient], room: str) -> tuple[WsClient, WsClient]:
+    """alice on process 0 and bob on process 1, both in ``room``."""
     alice = await connect_to(cluster, clients, 0, "alice")
     bob = await connect_to(cluster, clients, 1, "bob")
-    await alice.join("survive")
-    await bob.join("survive")
+    await alice.join(room)
+    await bob.join(room)
     await alice.expect("webrtc:participant-joined")
+    return alice, bob
 
-    cluster.redis.restart()  # no persistence: every key is gone
 
-    # Until the processes have put their participants back (within one heartbeat),
-    # signaling may answer internal-error; then it must work again by itself.
+async def signaling_recovers(alice: WsClient, bob: WsClient, room: str) -> dict:
+    """Send candidates from alice to bob until one arrives; each attempt may instead be
+    answered with internal-error while presence is restored, or lost while the layer
+    resubscribes. Fails if nothing arrives within the TTL plus the margin."""
     deadline = time.monotonic() + PRESENCE_TTL_SECS + LOST_MARGIN_SECS
-    delivered = None
-    while delivered is None and time.monotonic() < deadline:
-        await alice.send("webrtc:ice-candidate", {"callRoomId": "survive", "targetSocketId": bob.socket_id,
-                                                  "candidate": "after-restart"})  # fmt: skip
-        reply = await bob_or_error(alice, bob)
-        if reply is not None:
-            delivered = reply
-    assert delivered is not None, "signaling did not recover after the Redis restart"
-    assert delivered["data"]["fromSocketId"] == alice.socket_id
-
-    carol = await connect_to(cluster, clients, 2, "carol")
-    joined = await carol.join("survive")
-    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
+    while time.monotonic() < deadline:
+        candidate = {"callRoomId": room, "targetSocketId": bob.socket_id, "candidate": "after"}
+        await alice.send("webrtc:ice-candidate", candidate)
+        delivered = await bob_or_error(alice, bob)
+        if delivered is not None:
+            assert delivered["data"]["fromSocketId"] == alice.socket_id
+            return delivered
+    raise AssertionError("signaling did not recover")
 
 
 async def bob_or_error(alice: WsClient, bob: WsClient) -> dict | None:
     """The candidate as bob got it, or ``None`` if alice was answered with an error or
-    nothing arrived in a short while (a frame published while the layer resubscribed)."""
+    nothing arrived in a short while."""
     bob_gets = asyncio.ensure_future(bob.receive(timeout=0.5))
     alice_gets = asyncio.ensure_future(alice.receive(timeout=0.5))
     done, pending = await asyncio.wait({bob_gets, alice_gets}, return_when=asyncio.FIRST_COMPLETED)
@@ -201,32 +199,33 @@ async def bob_or_error(alice: WsClient, bob: WsClient) -> dict | None:
     return None
 
 
+async def test_a_call_keeps_signaling_across_a_redis_restart(cluster: Cluster, clients: list[WsClient]) -> None:
+    alice, bob = await pair_in_room(cluster, clients, "survive")
+
+    cluster.redis.restart()  # no persistence: every key is gone
+
+    await signaling_recovers(alice, bob, "survive")
+    carol = await connect_to(cluster, clients, 2, "carol")
+    joined = await carol.join("survive")
+    assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
+
+
 async def test_an_unreachable_redis_gives_internal_errors_then_signaling_recovers(
     cluster: Cluster, clients: list[WsClient]
 ) -> None:
-    alice = await connect_to(cluster, clients, 0, "alice")
-    bob = await connect_to(cluster, clients, 1, "bob")
-    await alice.join("outage")
-    await bob.join("outage")
-    await alice.expect("webrtc:participant-joined")
+    alice, bob = await pair_in_room(cluster, clients, "outage")
 
     cluster.redis.stop()
     await alice.send("webrtc:join-room", {"callRoomId": "elsewhere"}, id="during")
     refused = await alice.expect("webrtc:signaling-error")
     assert (refused["data"]["error"], refused["id"]) == ("internal-error", "during")
-    await alice.send("webrtc:offer", {"callRoomId": "outage", "targetSocketId": bob.socket_id,
-                                      "offer": {"type": "offer", "sdp": "v=0"}})  # fmt: skip
+    offer = {"callRoomId": "outage", "targetSocketId": bob.socket_id, "offer": {"type": "offer", "sdp": "v=0"}}
+    await alice.send("webrtc:offer", offer)
     assert (await alice.expect("webrtc:signaling-error"))["data"]["error"] == "internal-error"
     assert all(server.process.poll() is None for server in cluster.servers), "a process died"
 
     cluster.redis.start()
-    deadline = time.monotonic() + PRESENCE_TTL_SECS + LOST_MARGIN_SECS
-    delivered = None
-    while delivered is None and time.monotonic() < deadline:
-        await alice.send("webrtc:ice-candidate", {"callRoomId": "outage", "targetSocketId": bob.socket_id,
-                                                  "candidate": "after-outage"})  # fmt: skip
-        delivered = await bob_or_error(alice, bob)
-    assert delivered is not None, "signaling did not recover after Redis came back"
+    await signaling_recovers(alice, bob, "outage")
     carol = await connect_to(cluster, clients, 2, "carol")
     joined = await carol.join("outage")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
