@@ -12,7 +12,9 @@ The stack (see ``config/asgi.py``) is ``OriginCheck`` → cookies/session →
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from channels.auth import get_user as get_session_user
@@ -26,9 +28,16 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
+from accounts.throttle import client_address, get_throttle
+
+logger = logging.getLogger("accounts")
+T = TypeVar("T")
+
 # Scope keys this module sets; consumers read them.
 ORIGIN_STATE = "calls.origin"  # "allowed" or "absent"
 AUTH_FAILED = "calls.auth_failed"  # True when a credential was presented and rejected
+AUTH_THROTTLED = "calls.auth_throttled"  # True when the address failed too often: close 4429
+CLIENT_ADDRESS = "calls.client_address"
 
 
 class OriginCheck(OriginValidator):
@@ -89,18 +98,37 @@ def user_from_token(raw: str) -> Any:
 
 
 class WebsocketAuthMiddleware(BaseMiddleware):
-    """Sets ``scope["user"]`` from a token or, with an allowed Origin, the session."""
+    """Sets ``scope["user"]`` from a token or, with an allowed Origin, the session;
+    refuses to try at all for an address with too many recent failures."""
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         scope = dict(scope)
+        address = scope[CLIENT_ADDRESS] = client_address(scope)
+        throttle = get_throttle()
+        if await _fail_open(throttle.blocked(address), False):
+            scope[AUTH_THROTTLED] = True
+            scope["user"] = AnonymousUser()
+            return await super().__call__(scope, receive, send)
         user: Any = None
         raw = presented_token(scope)
         if raw is not None:
             user = await user_from_token(raw) if raw else None
             scope[AUTH_FAILED] = user is None
+            if user is None:
+                await _fail_open(throttle.record_failure(address), None)
         elif scope.get(ORIGIN_STATE) == "allowed" and "session" in scope:
             user = await get_session_user(scope)
             if not user.is_active:
                 user = None
         scope["user"] = user if user is not None else AnonymousUser()
         return await super().__call__(scope, receive, send)
+
+
+async def _fail_open(check: Awaitable[T], default: T) -> T:
+    """Run a throttle operation; if its store is unreachable, log and go on without it
+    (signaling itself is unavailable then, and a refused login helps nobody)."""
+    try:
+        return await check
+    except Exception as exc:
+        logger.warning("auth throttle unavailable: %s", exc)
+        return default

@@ -12,22 +12,30 @@ from typing import Any
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from calls import protocol, services
+from accounts.websocket import AUTH_THROTTLED
+from calls import metrics, protocol, services
+from calls.limits import FrameLimiter, Verdict
 from calls.protocol import CloseCode, ErrorCode, Event, SignalingError
 
 logger = logging.getLogger("calls")
+
+RATE_LIMITED = "Too many frames; slow down."
 
 
 class CallConsumer(AsyncJsonWebsocketConsumer):
     caller: services.Caller | None = None
 
     async def connect(self) -> None:
-        """Called on the handshake: accept, then close at once with 4401 unless authenticated."""
+        """Called on the handshake: accept, then close at once unless authenticated
+        (4401), or if the client's address failed authentication too often (4429)."""
         await self.accept()
         user = self.scope["user"]
-        if not user.is_authenticated:
-            await self.close(code=CloseCode.UNAUTHENTICATED)
+        if self.scope.get(AUTH_THROTTLED) or not user.is_authenticated:
+            code = CloseCode.FLOODING if self.scope.get(AUTH_THROTTLED) else CloseCode.UNAUTHENTICATED
+            metrics.AUTH_REFUSED.labels(code).inc()
+            await self.close(code=code)
             return
+        self.limiter = FrameLimiter(rate=settings.CALLS_RATE_LIMIT, burst=settings.CALLS_RATE_BURST)
         self.caller = services.Caller(
             socket_id=services.new_socket_id(),
             channel_name=self.channel_name,
@@ -35,6 +43,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             username=user.username,
             display_name=user.shown_name,
         )
+        services.connection_opened(self.caller)
         await self.send(
             text_data=protocol.encode_frame(
                 Event.CONNECTED, {"socketId": self.caller.socket_id, "userId": self.caller.user_id}
@@ -48,18 +57,25 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         if caller is None:
             return  # unauthenticated and being closed: no event is handled
         try:
-            if text_data is None:
-                raise SignalingError(ErrorCode.INVALID_MESSAGE, "Frames must be text, not binary.")
-            # Characters are at most 4 bytes, so only long frames need encoding to measure.
-            size = len(text_data) if len(text_data) * 4 <= settings.CALLS_MAX_MESSAGE_BYTES else len(text_data.encode())
-            if size > settings.CALLS_MAX_MESSAGE_BYTES:
-                raise SignalingError(
-                    ErrorCode.MESSAGE_TOO_LARGE,
-                    f"Frames may be at most {settings.CALLS_MAX_MESSAGE_BYTES} bytes.",
-                    details={"maxBytes": settings.CALLS_MAX_MESSAGE_BYTES},
-                )
+            # Checks in the order of PROTOCOL.md §3: frame size and type, rate, content.
+            # Every frame takes a token, so that a flood of bad frames is a flood too.
+            problem = self._frame_problem(text_data)
+            verdict = self.limiter.admit()
+            if verdict is not Verdict.ADMIT:
+                metrics.RATE_LIMITED.inc()
+                if verdict is Verdict.CLOSE:
+                    logger.warning("closing flooding connection %s", caller.log_context())
+                    await self.close(code=CloseCode.FLOODING)
+                    return
+                if verdict is Verdict.DROP:
+                    return
+                problem = problem or SignalingError(ErrorCode.RATE_LIMITED, RATE_LIMITED)
+            if problem is not None:
+                raise problem
+            assert text_data is not None
             reply = await services.handle_request(caller, protocol.parse_frame(text_data))
         except SignalingError as error:
+            metrics.ERRORS.labels(error.code.value).inc()
             logger.info(
                 "signaling error %s event=%.64r room=%s %s",
                 error.code.value,
@@ -69,17 +85,32 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             )
             reply = protocol.error_frame(error)
         except Exception:
+            metrics.ERRORS.labels(ErrorCode.INTERNAL_ERROR.value).inc()
             logger.exception("internal error %s", caller.log_context())
             reply = protocol.error_frame(SignalingError(ErrorCode.INTERNAL_ERROR, "The server failed; try again."))
         if reply is not None:
             await self.send(text_data=reply)
+
+    @staticmethod
+    def _frame_problem(text_data: str | None) -> SignalingError | None:
+        """What is wrong with the raw frame, before any parsing."""
+        if text_data is None:
+            return SignalingError(ErrorCode.INVALID_MESSAGE, "Frames must be text, not binary.")
+        limit = settings.CALLS_MAX_MESSAGE_BYTES
+        # Characters are at most 4 bytes, so only long frames need encoding to measure.
+        if len(text_data) * 4 > limit and len(text_data.encode()) > limit:
+            return SignalingError(
+                ErrorCode.MESSAGE_TOO_LARGE, f"Frames may be at most {limit} bytes.", details={"maxBytes": limit}
+            )
+        return None
 
     async def calls_frame(self, message: dict[str, Any]) -> None:
         """Called for a frame that the rules address to this connection."""
         await self.send(text_data=message["text"])
 
     async def calls_close(self, message: dict[str, Any]) -> None:
-        """Called when the server must drop this connection (its process was evicted)."""
+        """Called when the server must drop this connection (shutdown, or its process
+        was evicted)."""
         await self.close(code=message["code"])
 
     async def disconnect(self, code: int) -> None:

@@ -17,7 +17,7 @@ from django.utils import timezone
 
 from calls.models import CallParticipant, CallRoom
 from calls.presence.base import Departure, Participant, RoomSession
-from calls.protocol import LeaveReason
+from calls.protocol import Event, LeaveReason
 
 
 @dataclass(slots=True)
@@ -27,6 +27,14 @@ class RelayCounts:
     offers: int = 0
     answers: int = 0
     candidates: int = 0
+
+    def add(self, event: str) -> None:
+        if event == Event.OFFER:
+            self.offers += 1
+        elif event == Event.ANSWER:
+            self.answers += 1
+        else:
+            self.candidates += 1
 
     def reset(self) -> RelayCounts:
         """Return the counts so far and start again from zero."""

@@ -1,18 +1,27 @@
-"""Per-process start-up work, run once before the first connection is served.
+"""Per-process start-up and graceful shutdown.
 
-Daphne speaks no ASGI lifespan protocol, so start-up happens on the first scope of any
-kind; under a server that does (uvicorn) it happens at lifespan start-up instead.
+Start-up runs once before the first connection is served. Daphne speaks no ASGI
+lifespan protocol, so it happens on the first scope of any kind; under a server that
+does (uvicorn) it happens at lifespan start-up instead.
+
+Shutdown: on SIGTERM, every connection leaves its room (the others are told
+``disconnected``) and is closed with 1001, within ``CALLS_SHUTDOWN_TIMEOUT_SECS``; then
+the server's own SIGTERM handling stops the process. Servers cancel their applications
+on shutdown without a disconnect event, so this cannot be left to the consumers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from typing import Any
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 
-from calls import history, liveness
+from calls import history, liveness, services
 from calls.presence import get_presence
 from calls.presence.base import Presence, PresenceUnavailable
 
@@ -25,8 +34,10 @@ class ServerLifecycle:
     def __init__(self, application: Any) -> None:
         self.application = application
         self.started = False
+        self.handle_signals = True
         self._lock: asyncio.Lock | None = None
         self._liveness: asyncio.Task | None = None
+        self._stopping: asyncio.Task | None = None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         if scope["type"] == "lifespan":
@@ -48,6 +59,8 @@ class ServerLifecycle:
                 await liveness.liveness_tick()
                 self._liveness = asyncio.create_task(liveness.liveness_loop())
             await close_orphaned_sessions(presence)
+            if self.handle_signals:
+                self._install_sigterm_handler()
             self.started = True
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
@@ -57,8 +70,40 @@ class ServerLifecycle:
                 await self.startup()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def shutdown(self) -> None:
+        """Leave every room and close every connection of this process, then stop beating."""
+        await services.shut_down_connections(settings.CALLS_SHUTDOWN_TIMEOUT_SECS)
+        if self._liveness is not None:
+            self._liveness.cancel()
+
+    def _install_sigterm_handler(self) -> None:
+        """Put graceful shutdown in front of the server's own SIGTERM handling."""
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def stop_server() -> None:
+            if callable(previous):
+                previous(signal.SIGTERM, None)
+            else:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        async def shut_down_then_stop() -> None:
+            try:
+                await self.shutdown()
+            finally:
+                stop_server()
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self._stopping is None:
+                logger.info("SIGTERM: closing connections before stopping")
+                self._stopping = loop.create_task(shut_down_then_stop())
+
+        signal.signal(signal.SIGTERM, lambda signum, frame: loop.call_soon_threadsafe(on_sigterm, signum, frame))
 
 
 async def close_orphaned_sessions(presence: Presence) -> None:

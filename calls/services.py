@@ -23,7 +23,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from msgspec import UNSET
 
-from calls import history
+from calls import history, metrics
 from calls.history import RelayCounts
 from calls.ice import ice_servers_for
 from calls.presence import get_presence
@@ -86,12 +86,34 @@ class Caller:
     username: str
     display_name: str
     counts: RelayCounts = field(default_factory=RelayCounts)
+    # The room this connection is in, as this process last saw it: for metrics and
+    # shutdown only; the rules ask presence.
+    room_id: str | None = None
 
     def participant(self) -> Participant:
         return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())
 
     def log_context(self) -> str:
         return f"socketId={self.socket_id} userId={self.user_id}"
+
+
+# Connections this process serves, by socketId, whatever their transport.
+_connections: dict[str, Caller] = {}
+_all_closed = asyncio.Event()
+metrics.CONNECTIONS.set_function(lambda: len(_connections))
+metrics.PARTICIPANTS.set_function(lambda: sum(1 for c in _connections.values() if c.room_id))
+metrics.ROOMS.set_function(lambda: len({c.room_id for c in _connections.values() if c.room_id}))
+_RELAYED = {event: metrics.RELAYED.labels(event.value) for event in (Event.OFFER, Event.ANSWER, Event.ICE_CANDIDATE)}
+
+
+def connection_opened(caller: Caller) -> None:
+    """A transport accepted an authenticated connection."""
+    _connections[caller.socket_id] = caller
+    _all_closed.clear()
+
+
+def open_connections() -> list[Caller]:
+    return list(_connections.values())
 
 
 async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
@@ -102,7 +124,8 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
             await relay(caller, request)
             return None
         if isinstance(request, JoinRoom):
-            return encode_frame(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
+            with metrics.JOIN_SECONDS.time():
+                return encode_frame(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
         if isinstance(request, LeaveRoom):
             return encode_frame(Event.ROOM_LEFT, await room_leave(caller, request), parsed.request_id)
         raise AssertionError(f"no rule for {type(request).__name__}")
@@ -152,6 +175,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     others = outcome.others(caller.socket_id)
 
     if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
+        caller.room_id = request.callRoomId
         previous_counts = caller.counts.reset()
         await _persist(
             history.record_join,
@@ -197,6 +221,8 @@ async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
 async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
     """Rule 4: a closed connection leaves its room. If presence is unreachable, the
     leave is retried in the background until it is, so that no ghost stays behind."""
+    if _connections.pop(caller.socket_id, None) is not None and not _connections:
+        _all_closed.set()
     try:
         await _leave_current_room(caller, reason)
     except PresenceUnavailable as exc:
@@ -237,6 +263,7 @@ def _background(coroutine: Any) -> None:
 
 async def participant_lost(departure: Departure) -> None:
     """Rule 4, last clause: a participant whose server process died leaves as ``lost``."""
+    metrics.LOST.inc()
     await _persist(history.record_leave, departure=departure, reason=LeaveReason.LOST, counts=RelayCounts())
     await _announce_departure(departure, LeaveReason.LOST)
     logger.info(
@@ -248,6 +275,25 @@ async def participant_lost(departure: Departure) -> None:
     )
 
 
+async def shut_down_connections(timeout_secs: float) -> None:
+    """Graceful shutdown: every connection of this process leaves its room (the others
+    are told ``disconnected`` and the database rows closed), then is closed with 1001.
+    Returns when all are closed, or after ``timeout_secs``."""
+    callers = open_connections()
+    logger.info("shutting down %d connections", len(callers))
+    try:
+        async with asyncio.timeout(timeout_secs):
+            await asyncio.gather(*(_leave_current_room(caller, LeaveReason.DISCONNECTED) for caller in callers))
+            await close_connections([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
+            if _connections:
+                await _all_closed.wait()
+    except TimeoutError:
+        logger.warning("shutdown timed out with %d connections open", len(_connections))
+    except PresenceUnavailable as exc:
+        logger.warning("shutdown without leaving rooms, presence unavailable: %s", exc)
+        await close_connections([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
+
+
 async def close_connections(channels: list[str], code: int = CloseCode.GOING_AWAY) -> None:
     """Ask the transports holding these channels to close their connections."""
     layer = get_channel_layer()
@@ -257,6 +303,7 @@ async def close_connections(channels: list[str], code: int = CloseCode.GOING_AWA
 
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
+    caller.room_id = None
     await _persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
     await _announce_departure(departure, reason)
     logger.info(
@@ -308,6 +355,8 @@ async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
     undelivered = await _deliver(route.channels, encode_frame(event, data))
     if undelivered and target is not None:
         raise SignalingError(ErrorCode.INTERNAL_ERROR, RECIPIENT_BUSY)
+    caller.counts.add(event)
+    _RELAYED[event].inc()
     logger.debug("relay %s room=%s from=%s to=%s", event.value, request.callRoomId, caller.socket_id, target or "*")
 
 
@@ -320,15 +369,12 @@ def _relayed(caller: Caller, request: Offer | Answer | IceCandidate) -> tuple[Ev
         "fromUserId": caller.user_id,
     }
     if isinstance(request, Offer):
-        caller.counts.offers += 1
         data["offer"] = request.offer.wire()
         event = Event.OFFER
     elif isinstance(request, Answer):
-        caller.counts.answers += 1
         data["answer"] = request.answer.wire()
         return Event.ANSWER, data
     else:
-        caller.counts.candidates += 1
         candidate = request.candidate
         data["candidate"] = candidate if isinstance(candidate, str) else candidate.wire()
         event = Event.ICE_CANDIDATE

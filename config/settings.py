@@ -3,6 +3,7 @@ and only here (see the configuration table in README.md)."""
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import timedelta
 from pathlib import Path
 
@@ -150,6 +151,11 @@ CALLS_ICE_SERVERS = env_json("CALLS_ICE_SERVERS", [], expect=list)
 CALLS_TURN_URLS = env_list("CALLS_TURN_URLS")
 CALLS_TURN_SECRET = env_str("CALLS_TURN_SECRET") or None
 CALLS_TURN_TTL_SECS = env_int("CALLS_TURN_TTL_SECS", 86400, minimum=60)
+CALLS_TRUSTED_PROXIES = env_list("CALLS_TRUSTED_PROXIES")  # proxies whose X-Forwarded-For counts
+CALLS_SHUTDOWN_TIMEOUT_SECS = env_int("CALLS_SHUTDOWN_TIMEOUT_SECS", 10, minimum=1)
+# /metrics is for these addresses, or for anyone presenting CALLS_METRICS_TOKEN as a bearer token.
+CALLS_METRICS_ALLOWED_IPS = env_list("CALLS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
+CALLS_METRICS_TOKEN = env_str("CALLS_METRICS_TOKEN") or None
 # Where live room membership is kept (calls/presence/): this process's memory by default,
 # Redis (shared by every process) when REDIS_URL is set.
 CALLS_PRESENCE_BACKEND = env_str("CALLS_PRESENCE_BACKEND") or (
@@ -161,6 +167,13 @@ for _server in CALLS_ICE_SERVERS:
         raise ImproperlyConfigured(
             'CALLS_ICE_SERVERS must be a list of RTCIceServer objects, each with "urls" (a string or a list).'
         )
+for _network in CALLS_METRICS_ALLOWED_IPS + CALLS_TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{_network!r} in CALLS_METRICS_ALLOWED_IPS or CALLS_TRUSTED_PROXIES is not an IP address or network."
+        ) from None
 if CALLS_TURN_URLS and not CALLS_TURN_SECRET:
     raise ImproperlyConfigured("CALLS_TURN_URLS is set without CALLS_TURN_SECRET: set the coturn static-auth-secret.")
 

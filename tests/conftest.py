@@ -13,6 +13,7 @@ from channels.testing import WebsocketCommunicator
 from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import User
+from accounts.throttle import reset_throttle
 from calls.presence import reset_presence
 from groups.models import Group, Membership
 from tests.redis_server import RedisServer
@@ -28,8 +29,10 @@ def fresh_signaling_state() -> None:
     import config.asgi
 
     reset_presence()
+    reset_throttle()
     channel_layers.backends.clear()
     config.asgi.application.started = True  # start-up cleanup has its own test
+    config.asgi.application.handle_signals = False  # pytest keeps its own SIGTERM
 
 
 def make_user(username: str, *, display_name: str = "", active: bool = True) -> User:

@@ -162,6 +162,9 @@ class Presence(abc.ABC):
     async def members(self, *, room_id: str) -> tuple[Member, ...]:
         """The members of a room, oldest first."""
 
+    async def ping(self) -> None:  # noqa: B027 - nothing to reach for an in-process store
+        """Raise ``PresenceUnavailable`` if the store cannot be reached."""
+
     async def heartbeat(self) -> None:  # noqa: B027 - a no-op unless the store is shared
         """Renew this process's lease (a shared store's liveness); raises
         ``PresenceEvicted`` if peers already declared it dead."""

@@ -393,6 +393,10 @@ class RedisPresence(Presence):
         return time.monotonic() - self._restored_at < self.restore_window_secs
 
     @_unavailable_on_redis_error
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    @_unavailable_on_redis_error
     async def heartbeat(self) -> None:
         result = await self._heartbeat(args=[PREFIX, self.server_id, self.lease_ms])
         if result == -1:

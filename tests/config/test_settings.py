@@ -20,11 +20,25 @@ def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
     return runpy.run_path(str(SETTINGS_FILE))
 
 
+# Settings of this server beyond PROTOCOL.md §7.
+OPERATIONAL_SETTINGS = {
+    "CALLS_PRESENCE_BACKEND": "calls.presence.memory.InMemoryPresence",
+    "CALLS_TRUSTED_PROXIES": [],
+    "CALLS_SHUTDOWN_TIMEOUT_SECS": 10,
+    "CALLS_METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
+    "CALLS_METRICS_TOKEN": None,
+}
+
+
+def test_the_operational_settings_have_safe_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = load_settings(monkeypatch)
+    assert {name: loaded[name] for name in OPERATIONAL_SETTINGS} == OPERATIONAL_SETTINGS
+
+
 def test_the_calls_settings_have_the_protocol_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = load_settings(monkeypatch)
-    assert {
-        name: loaded[name] for name in loaded if name.startswith("CALLS_") and name != "CALLS_PRESENCE_BACKEND"
-    } == {
+    protocol = {name: loaded[name] for name in loaded if name.startswith("CALLS_") and name not in OPERATIONAL_SETTINGS}
+    assert protocol == {
         "CALLS_MAX_PARTICIPANTS": 16,
         "CALLS_MAX_MESSAGE_BYTES": 65536,
         "CALLS_RATE_LIMIT": 100,
@@ -67,6 +81,9 @@ def test_each_calls_setting_is_read_from_the_environment(monkeypatch: pytest.Mon
         ("CALLS_ICE_SERVERS", '[{"url": "stun:x"}]', "RTCIceServer"),
         ("CALLS_TURN_URLS", "turn:x:3478", "CALLS_TURN_SECRET"),
         ("DEBUG", "maybe", "not a boolean"),
+        ("CALLS_METRICS_ALLOWED_IPS", "10.0.0.0/8,localhost", "not an IP address"),
+        ("CALLS_TRUSTED_PROXIES", "proxy.internal", "not an IP address"),
+        ("REDIS_CHANNEL_LAYER", "rabbit", "use one of"),
     ],
 )
 def test_a_bad_value_raises_improperly_configured(

@@ -1,0 +1,55 @@
+"""Per-connection flood control (PROTOCOL.md §5 rule 7), independent of any transport.
+
+A token bucket admits ``CALLS_RATE_LIMIT`` frames a second with bursts of
+``CALLS_RATE_BURST``. Frames beyond it are dropped; the first drop in any second is
+answered with ``rate-limited``, the others silently (an error per dropped frame would
+let a flood double itself). A connection that has 1000 frames dropped within a minute is
+closed with 4429.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+
+DROPS_BEFORE_CLOSE = 1000
+DROP_WINDOW_SECS = 60.0
+RATE_LIMITED_ERROR_INTERVAL_SECS = 1.0
+
+
+class Verdict(Enum):
+    ADMIT = "admit"
+    DROP_WITH_ERROR = "drop-with-error"  # answer rate-limited, once a second
+    DROP = "drop"
+    CLOSE = "close"  # flooding: close with 4429
+
+
+class FrameLimiter:
+    def __init__(self, *, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self.tokens = float(burst)
+        self.updated = clock()
+        self.drops: deque[float] = deque()
+        self.last_error_at = -RATE_LIMITED_ERROR_INTERVAL_SECS
+
+    def admit(self) -> Verdict:
+        """Called once for every frame the connection sends."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return Verdict.ADMIT
+        self.drops.append(now)
+        while self.drops and now - self.drops[0] > DROP_WINDOW_SECS:
+            self.drops.popleft()
+        if len(self.drops) >= DROPS_BEFORE_CLOSE:
+            return Verdict.CLOSE
+        if now - self.last_error_at >= RATE_LIMITED_ERROR_INTERVAL_SECS:
+            self.last_error_at = now
+            return Verdict.DROP_WITH_ERROR
+        return Verdict.DROP

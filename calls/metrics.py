@@ -1,0 +1,22 @@
+"""Prometheus metrics of one server process (scrape every process; see README).
+
+Gauges are this process's share: sum them over processes for the cluster.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CONNECTIONS = Gauge("calls_connections", "Open signaling connections in this process")
+PARTICIPANTS = Gauge("calls_participants", "Participants this process holds in rooms")
+ROOMS = Gauge("calls_rooms", "Rooms with at least one participant held by this process")
+RELAYED = Counter("calls_relayed_messages", "Messages relayed, by event", ["event"])
+ERRORS = Counter("calls_signaling_errors", "Signaling errors answered, by code", ["code"])
+RATE_LIMITED = Counter("calls_rate_limited_frames", "Frames dropped by the per-connection rate limit")
+AUTH_REFUSED = Counter("calls_auth_refused", "Websocket handshakes refused, by close code", ["code"])
+LOST = Counter("calls_participants_lost", "Participants removed because their process died")
+JOIN_SECONDS = Histogram(
+    "calls_join_seconds",
+    "Time to handle webrtc:join-room",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
