@@ -93,7 +93,8 @@ class Client:
         await self.communicator.send_json_to(frame)
 
     async def send_raw(self, text: str) -> None:
-        await self.communicator.send_to(text_data=text)
+        # send_input, not send_to: send_to refuses an empty frame, which a client can send.
+        await self.communicator.send_input({"type": "websocket.receive", "text": text})
 
     async def receive(self, timeout: float = RECEIVE_TIMEOUT_SECS) -> dict[str, Any]:
         return json.loads(await self.communicator.receive_from(timeout=timeout))
