@@ -4,6 +4,7 @@ and only here (see the configuration table in README.md)."""
 from __future__ import annotations
 
 import ipaddress
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -96,6 +98,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# WhiteNoise serves the call page's files straight from the apps, under daphne too, so no
+# collectstatic step is needed; STATIC_ROOT is served as well once collectstatic has filled it.
+WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message="No directory at: ", module="django.core.handlers.base")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -119,7 +125,7 @@ SIMPLE_JWT = {
 REDIS_URL = env_str("REDIS_URL") or None
 REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER") or "pubsub"
 _REDIS_LAYERS = {
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "calls.layers.LocalFirstRedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 if REDIS_CHANNEL_LAYER not in _REDIS_LAYERS:
@@ -136,7 +142,7 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "calls.layers.SignalingInMemoryChannelLayer"}}
 
 # Signaling settings: names and defaults are those of PROTOCOL.md §7.
 CALLS_MAX_PARTICIPANTS = env_int("CALLS_MAX_PARTICIPANTS", 16, minimum=1)

@@ -102,9 +102,15 @@ def test_production_requires_a_secret_key(monkeypatch: pytest.MonkeyPatch) -> No
 def test_the_channel_layer_follows_redis_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert load_settings(monkeypatch)["CHANNEL_LAYERS"]["default"]["BACKEND"].endswith("InMemoryChannelLayer")
     redis = load_settings(monkeypatch, REDIS_URL="redis://127.0.0.1:6379/0")["CHANNEL_LAYERS"]["default"]
-    assert redis["BACKEND"].startswith("channels_redis")
+    assert redis["BACKEND"].endswith("RedisPubSubChannelLayer")
     assert redis["CONFIG"]["hosts"][0]["address"] == "redis://127.0.0.1:6379/0"
     assert redis["CONFIG"]["hosts"][0]["socket_timeout"] is None
+
+
+def test_redis_channel_layer_picks_the_core_layer(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"REDIS_URL": "redis://127.0.0.1:6379/0", "REDIS_CHANNEL_LAYER": "core"}
+    layer = load_settings(monkeypatch, **env)["CHANNEL_LAYERS"]["default"]
+    assert layer["BACKEND"] == "channels_redis.core.RedisChannelLayer"
 
 
 def test_the_database_follows_database_url(monkeypatch: pytest.MonkeyPatch) -> None:
