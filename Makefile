@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint format setup
+.PHONY: run test lint format setup bench
 
 $(VENV)/.installed-%: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,4 +31,13 @@ format: $(VENV)/.installed-dev
 
 test: lint
 	scripts/ensure-redis
+	scripts/ensure-chromium
+	node --test tests/js/
 	$(PY) -m pytest
+
+# The signaling benchmark (docs/benchmarks.md); BENCH_ARGS="--server uvicorn --scenarios S2"
+# runs one configuration instead of the reference set.
+BENCH_ARGS ?= --matrix
+bench: $(VENV)/.installed-dev
+	scripts/ensure-redis
+	$(PY) -m bench.run $(BENCH_ARGS)

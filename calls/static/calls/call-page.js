@@ -1,0 +1,325 @@
+/**
+ * The call page: sign in, pick a group or a room, join with camera and microphone.
+ * Everything that touches signaling goes through signaling.js.
+ */
+import { CallMesh, SignalingClient } from './signaling.js';
+
+const TOKENS_KEY = 'calls.tokens';
+const REFRESH_MARGIN_SECS = 60; // refresh the access token when it has less than this left
+const CUSTOM_ROOM = 'custom';
+const GROUP_ROOM = /^group-([1-9][0-9]{0,17})$/;
+const VIDEO_CONSTRAINTS = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
+
+const ERROR_TEXT = {
+  forbidden: "You are not a member of this group's call.",
+  'room-full': 'This call is full.',
+  'invalid-message': 'That room id is not valid: use letters, digits and _ . : - only.',
+  'rate-limited': 'Too many messages at once; try again in a moment.',
+  'internal-error': 'The server had a problem; try again.',
+  unauthenticated: 'Your sign-in has expired; sign in again.',
+  timeout: 'The server did not answer; check your connection and try again.',
+  disconnected: 'The connection was lost; try again.',
+};
+const STATE_TEXT = {
+  new: 'connecting…',
+  connecting: 'connecting…',
+  connected: '',
+  disconnected: 'reconnecting…',
+  failed: 'connection failed',
+  closed: '',
+};
+
+const $ = (id) => document.getElementById(id);
+
+/** The page's state; `window.callApp` for a look from the console. */
+const app = { tokens: null, me: null, client: null, mesh: null, localStream: null };
+window.callApp = app;
+
+// ---------------------------------------------------------------------------
+// Messages and views
+// ---------------------------------------------------------------------------
+
+function notify(text) {
+  const notice = $('notice');
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+function show(view) {
+  for (const id of ['sign-in', 'lobby', 'call']) $(id).hidden = id !== view;
+  $('account').hidden = view === 'sign-in';
+  document.body.dataset.view = view;
+}
+
+function errorText(error) {
+  return ERROR_TEXT[error?.code] ?? error?.message ?? 'Something went wrong; try again.';
+}
+
+function mediaErrorText(error) {
+  if (error.name === 'NotAllowedError') return 'Camera and microphone access was refused: allow it and try again.';
+  if (error.name === 'NotFoundError') return 'No camera or microphone was found.';
+  if (error.name === 'NotReadableError') return 'The camera or microphone is in use by another program.';
+  return `The camera or microphone could not be opened (${error.message}).`;
+}
+
+// ---------------------------------------------------------------------------
+// Tokens and the HTTP API
+// ---------------------------------------------------------------------------
+
+class HttpError extends Error {
+  constructor(status, path) {
+    super(`${path} answered ${status}`);
+    this.status = status;
+  }
+}
+
+async function api(path, { method = 'GET', body, auth = true } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (body) headers['Content-Type'] = 'application/json';
+  if (auth) headers.Authorization = `Bearer ${await accessToken()}`;
+  const response = await fetch(path, { method, headers, body: body && JSON.stringify(body) });
+  if (!response.ok) throw new HttpError(response.status, path);
+  return response.json();
+}
+
+function secondsLeft(jwt) {
+  const payload = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+  return JSON.parse(atob(payload)).exp - Date.now() / 1000;
+}
+
+function saveTokens(tokens) {
+  app.tokens = tokens;
+  if (tokens) sessionStorage.setItem(TOKENS_KEY, JSON.stringify(tokens));
+  else sessionStorage.removeItem(TOKENS_KEY);
+}
+
+/** A valid access token, refreshed when it is about to expire. Also the signaling client's token. */
+async function accessToken() {
+  if (!app.tokens) throw new HttpError(401, 'sign-in');
+  if (secondsLeft(app.tokens.access) > REFRESH_MARGIN_SECS) return app.tokens.access;
+  const { access } = await api('/api/auth/token/refresh/', {
+    method: 'POST',
+    body: { refresh: app.tokens.refresh },
+    auth: false,
+  });
+  saveTokens({ ...app.tokens, access });
+  return access;
+}
+
+// ---------------------------------------------------------------------------
+// Sign in and the lobby
+// ---------------------------------------------------------------------------
+
+async function signIn(form) {
+  notify('');
+  const data = new FormData(form);
+  try {
+    const tokens = await api('/api/auth/token/', {
+      method: 'POST',
+      body: { username: data.get('username'), password: data.get('password') },
+      auth: false,
+    });
+    saveTokens(tokens);
+  } catch (error) {
+    notify(error.status === 401 ? 'Wrong username or password.' : 'Could not sign in; try again.');
+    return;
+  }
+  form.reset();
+  await enterLobby();
+}
+
+function signOut(message = '') {
+  endCall();
+  saveTokens(null);
+  app.me = null;
+  show('sign-in');
+  notify(message);
+}
+
+async function enterLobby() {
+  let groups;
+  try {
+    [app.me, groups] = await Promise.all([api('/api/auth/me/'), api('/api/groups/')]);
+  } catch (error) {
+    signOut(error.status === 401 ? ERROR_TEXT.unauthenticated : 'Could not load your groups; try again.');
+    return;
+  }
+  $('account-name').textContent = app.me.displayName || app.me.username;
+  const choice = $('room-choice');
+  choice.replaceChildren(
+    ...groups.map((group) => new Option(group.name, `group-${group.id}`)),
+    new Option('Another room (type its id)', CUSTOM_ROOM),
+  );
+  const linked = new URLSearchParams(location.search).get('room');
+  if (linked) {
+    choice.value = [...choice.options].some((option) => option.value === linked) ? linked : CUSTOM_ROOM;
+    if (choice.value === CUSTOM_ROOM) $('room-id').value = linked;
+  }
+  syncRoomField();
+  show('lobby');
+}
+
+function syncRoomField() {
+  const custom = $('room-choice').value === CUSTOM_ROOM;
+  $('room-id-field').hidden = !custom;
+  $('room-id').required = custom;
+}
+
+function chosenRoom() {
+  const choice = $('room-choice');
+  const roomId = choice.value === CUSTOM_ROOM ? $('room-id').value.trim() : choice.value;
+  const title = choice.value === CUSTOM_ROOM ? roomId : choice.selectedOptions[0].text;
+  // A group's room carries its groupId, so that the server admits only the group's members.
+  const groupId = GROUP_ROOM.exec(roomId)?.[1];
+  return { roomId, title, metadata: groupId ? { groupId } : undefined };
+}
+
+// ---------------------------------------------------------------------------
+// The call
+// ---------------------------------------------------------------------------
+
+async function joinCall() {
+  notify('');
+  const { roomId, title, metadata } = chosenRoom();
+  $('join').disabled = true;
+  try {
+    try {
+      app.localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: VIDEO_CONSTRAINTS });
+    } catch (error) {
+      notify(mediaErrorText(error));
+      return;
+    }
+    const client = new SignalingClient({ token: accessToken });
+    const mesh = new CallMesh(client, { roomId, localStream: app.localStream, metadata });
+    Object.assign(app, { client, mesh });
+    watch(client, mesh);
+    $('call-title').textContent = title;
+    addTile({ socketId: 'local', username: app.me.username }, { local: true }).querySelector('video').srcObject =
+      app.localStream;
+    try {
+      await mesh.join();
+    } catch (error) {
+      endCall();
+      if (error.code === 'unauthenticated') signOut(errorText(error));
+      else notify(errorText(error));
+      return;
+    }
+    show('call');
+  } finally {
+    $('join').disabled = false;
+  }
+}
+
+function watch(client, mesh) {
+  mesh.on('participant', ({ participant }) => addTile(participant));
+  mesh.on('track', ({ participant, stream }) => {
+    const video = addTile(participant).querySelector('video');
+    if (stream && video.srcObject !== stream) video.srcObject = stream;
+  });
+  mesh.on('connection-state', ({ participant, state }) => setTileState(addTile(participant), state));
+  mesh.on('participant-left', ({ participant }) => tileOf(participant.socketId)?.remove());
+  mesh.on('error', ({ error }) => console.warn('call error', error));
+
+  client.on('disconnect', ({ code, willReconnect }) => {
+    if (app.client !== client) return;
+    if (willReconnect) $('call-status').textContent = 'Connection lost; reconnecting…';
+    else if (code === 4401) signOut(ERROR_TEXT.unauthenticated);
+  });
+  client.on('connect', () => {
+    $('call-status').textContent = '';
+  });
+  client.on('error', (error) => {
+    if (error.status === 401) signOut(ERROR_TEXT.unauthenticated); // the refresh token has expired too
+  });
+}
+
+function endCall() {
+  const { client, mesh, localStream } = app;
+  Object.assign(app, { client: null, mesh: null, localStream: null });
+  mesh?.leave().finally(() => client?.close());
+  if (!mesh) client?.close();
+  for (const track of localStream?.getTracks() ?? []) track.stop();
+  $('tiles').replaceChildren();
+  $('call-status').textContent = '';
+  for (const id of ['toggle-mic', 'toggle-camera']) $(id).setAttribute('aria-pressed', 'false');
+}
+
+async function leaveCall() {
+  const { mesh } = app;
+  await mesh?.leave();
+  endCall();
+  show('lobby');
+}
+
+function toggleTrack(button, kind, onLabel, offLabel) {
+  const tracks = app.localStream?.getTracks().filter((track) => track.kind === kind) ?? [];
+  const off = button.getAttribute('aria-pressed') !== 'true';
+  for (const track of tracks) track.enabled = !off;
+  button.setAttribute('aria-pressed', String(off));
+  button.textContent = off ? offLabel : onLabel;
+  if (kind === 'video') tileOf('local')?.classList.toggle('camera-off', off);
+}
+
+// ---------------------------------------------------------------------------
+// Tiles
+// ---------------------------------------------------------------------------
+
+function tileOf(socketId) {
+  return $('tiles').querySelector(`.tile[data-socket-id="${CSS.escape(socketId)}"]`);
+}
+
+/** The tile of a participant, created on first sight. */
+function addTile(participant, { local = false } = {}) {
+  const existing = tileOf(participant.socketId);
+  if (existing) return existing;
+  const tile = $('tile-template').content.firstElementChild.cloneNode(true);
+  tile.dataset.socketId = participant.socketId;
+  tile.dataset.username = participant.username ?? '';
+  tile.classList.add(local ? 'local' : 'remote');
+  const name = local ? app.me.displayName || app.me.username : participant.displayName || participant.username;
+  tile.querySelector('.name').textContent = local ? `${name} (you)` : name || 'Guest';
+  const video = tile.querySelector('video');
+  video.muted = local; // never play our own microphone back
+  if (local) setTileState(tile, 'connected');
+  else setTileState(tile, 'new');
+  $('tiles').append(tile);
+  return tile;
+}
+
+function setTileState(tile, state) {
+  tile.dataset.state = state;
+  tile.querySelector('.state').textContent = STATE_TEXT[state] ?? state;
+}
+
+// ---------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------
+
+$('sign-in-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  signIn(event.target);
+});
+$('join-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  joinCall();
+});
+$('room-choice').addEventListener('change', syncRoomField);
+$('sign-out').addEventListener('click', () => signOut());
+$('leave').addEventListener('click', leaveCall);
+$('toggle-mic').addEventListener('click', (event) => toggleTrack(event.target, 'audio', 'Mute', 'Unmute'));
+$('toggle-camera').addEventListener('click', (event) =>
+  toggleTrack(event.target, 'video', 'Camera off', 'Camera on'),
+);
+new MutationObserver(() => {
+  const count = $('tiles').children.length;
+  $('tiles').dataset.count = String(count);
+  $('call-count').textContent = count ? `${count} in the call` : '';
+}).observe($('tiles'), { childList: true });
+
+const saved = sessionStorage.getItem(TOKENS_KEY);
+if (saved) {
+  app.tokens = JSON.parse(saved);
+  enterLobby();
+} else {
+  show('sign-in');
+}

@@ -1,0 +1,647 @@
+/**
+ * Browser client of the call signaling server (PROTOCOL.md, version 1): no dependencies,
+ * one ES module.
+ *
+ * - {@link SignalingClient} speaks the native websocket endpoint `/ws/calls/` with the
+ *   same `emit(event, data)` / `on(event, handler)` shape as a Socket.IO client, adds
+ *   `request()` for the events that get a reply, and reconnects by itself.
+ * - {@link CallMesh} runs a full-mesh call over it: one RTCPeerConnection per remote
+ *   participant, negotiated with the "perfect negotiation" pattern.
+ *
+ * @module signaling
+ */
+
+/** Close code of an unauthenticated connection (PROTOCOL.md §8): never retried. */
+export const CLOSE_UNAUTHENTICATED = 4401;
+
+const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 15000, factor: 2 };
+const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+const WS_OPEN = 1;
+// Relay errors that only mean "that peer is gone" or "we are rejoining": not worth a word.
+const RELAY_EVENTS = new Set(['webrtc:offer', 'webrtc:answer', 'webrtc:ice-candidate']);
+const QUIET_RELAY_ERRORS = new Set(['participant-not-found', 'not-in-room', 'room-not-found']);
+
+/** A request the server refused (`code` is the protocol's error code), or one that got no reply
+ * (`code` is `"timeout"`, `"disconnected"` or `"closed"`). */
+export class SignalingError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {{event?: string, details?: object}} [extra]
+   */
+  constructor(code, message, { event, details } = {}) {
+    super(message);
+    this.name = 'SignalingError';
+    this.code = code;
+    this.event = event;
+    this.details = details;
+  }
+}
+
+/** Local event handlers: `on`, `off`, `once`. Handler errors are logged, never thrown into the caller. */
+class Listeners {
+  #handlers = new Map();
+
+  /**
+   * Call `handler(data, frame)` for every `event`.
+   * @param {string} event
+   * @param {(data: any, frame?: object) => void} handler
+   * @returns {this}
+   */
+  on(event, handler) {
+    if (!this.#handlers.has(event)) this.#handlers.set(event, new Set());
+    this.#handlers.get(event).add(handler);
+    return this;
+  }
+
+  /**
+   * Remove one handler, or every handler of `event` when none is given.
+   * @param {string} event
+   * @param {Function} [handler]
+   * @returns {this}
+   */
+  off(event, handler) {
+    if (handler) this.#handlers.get(event)?.delete(handler);
+    else this.#handlers.delete(event);
+    return this;
+  }
+
+  /**
+   * Call `handler` for the next `event` only.
+   * @param {string} event
+   * @param {(data: any, frame?: object) => void} handler
+   * @returns {this}
+   */
+  once(event, handler) {
+    const wrapper = (...args) => {
+      this.off(event, wrapper);
+      handler(...args);
+    };
+    return this.on(event, wrapper);
+  }
+
+  /** @protected */
+  dispatch(event, ...args) {
+    for (const handler of [...(this.#handlers.get(event) ?? [])]) {
+      try {
+        handler(...args);
+      } catch (error) {
+        console.error(`handler of ${event} failed`, error);
+      }
+    }
+  }
+}
+
+/**
+ * A connection to the native endpoint, one JSON frame per message.
+ *
+ * Server events reach `on(event, …)` handlers as `(data, frame)`. The client adds its own:
+ * - `connect` `{socketId, userId, resumed}` after each `webrtc:connected`;
+ * - `disconnect` `{code, reason, willReconnect}` when the socket closes;
+ * - `reconnecting` `{attempt, delayMs}` before each new attempt;
+ * - `error` `(Error)` when a token could not be had.
+ *
+ * Frames emitted while not connected are queued and sent, in order, right after the next
+ * `webrtc:connected`. After a close with code 4401 (not authenticated), or `close()`, the
+ * client stops; otherwise it reconnects with exponential backoff and jitter.
+ */
+export class SignalingClient extends Listeners {
+  /** Server-assigned id of the connection (from `webrtc:connected`); that of the last one while reconnecting. */
+  socketId = null;
+  /** The signed-in user's id as a string (from `webrtc:connected`). */
+  userId = null;
+  /** Whether `webrtc:connected` arrived on the current socket. */
+  connected = false;
+
+  #url;
+  #token;
+  #reconnect;
+  #backoff;
+  #requestTimeoutMs;
+  #WebSocket;
+  #ws = null;
+  #opening = false;
+  #queue = [];
+  #pending = new Map();
+  #nextRequestId = 1;
+  #attempt = 0;
+  #retryTimer = null;
+  #stopped = false;
+  #resumeToken = null;
+
+  /**
+   * @param {object} options
+   * @param {string | (() => string | Promise<string>)} options.token an access token, or a function
+   *   that returns a fresh one (it is called for every connection, so it can refresh an expired token)
+   * @param {string} [options.url] the websocket URL of `/ws/calls/`; by default on this page's host
+   * @param {boolean} [options.reconnect=true] reconnect after a lost connection
+   * @param {{initialMs?: number, maxMs?: number, factor?: number}} [options.backoff] delays of the
+   *   reconnect attempts: `initialMs * factor ** attempt`, capped at `maxMs`, each with jitter
+   * @param {number} [options.requestTimeoutMs=10000] how long `request()` waits for its reply
+   * @param {boolean} [options.autoConnect=true] connect at once (else call `connect()`)
+   * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation, outside browsers
+   */
+  constructor({
+    token,
+    url,
+    reconnect = true,
+    backoff = {},
+    requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
+    autoConnect = true,
+    WebSocket: WebSocketImpl = globalThis.WebSocket,
+  } = {}) {
+    super();
+    this.#url = url ?? defaultUrl();
+    this.#token = token;
+    this.#reconnect = reconnect;
+    this.#backoff = { ...DEFAULT_BACKOFF, ...backoff };
+    this.#requestTimeoutMs = requestTimeoutMs;
+    this.#WebSocket = WebSocketImpl;
+    if (autoConnect) this.connect();
+  }
+
+  /** Open the connection (again, after `close()`); a no-op while one is open or opening. */
+  connect() {
+    this.#stopped = false;
+    if (!this.#ws && !this.#opening && this.#retryTimer === null) this.#open();
+    return this;
+  }
+
+  /** Close for good: no reconnect; unanswered requests are rejected with code `"closed"`. */
+  close() {
+    this.#stopped = true;
+    clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+    const ws = this.#ws;
+    if (ws) {
+      this.#ws = null;
+      ws.close(1000);
+      this.#socketClosed(ws, 1000, 'closed by the client');
+    }
+    this.#rejectPending(null, 'closed', 'The signaling client was closed.');
+  }
+
+  /**
+   * Send an event to the server, like Socket.IO's `socket.emit(event, data)`.
+   * @param {string} event e.g. `"webrtc:offer"`
+   * @param {object} [data]
+   * @returns {this}
+   */
+  emit(event, data = {}) {
+    this.#send({ event, data });
+    return this;
+  }
+
+  /**
+   * Send an event with an `id` and wait for the reply that carries it back
+   * (`webrtc:room-joined` or `webrtc:room-left`).
+   * @param {string} event
+   * @param {object} [data]
+   * @param {{timeoutMs?: number}} [options]
+   * @returns {Promise<object>} the reply's `data`; rejected with a {@link SignalingError}
+   *   when the server answers `webrtc:signaling-error`, or when no reply comes
+   */
+  request(event, data = {}, { timeoutMs = this.#requestTimeoutMs } = {}) {
+    if (this.#stopped) return Promise.reject(new SignalingError('closed', 'The signaling client is closed.', { event }));
+    const id = `c-${this.#nextRequestId++}`;
+    const frame = { event, data, id };
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#pending.delete(id);
+        this.#queue = this.#queue.filter((queued) => queued !== frame); // never sent late
+        reject(new SignalingError('timeout', `No reply to ${event} within ${timeoutMs} ms.`, { event }));
+      }, timeoutMs);
+      this.#pending.set(id, { resolve, reject, timer, event, ws: null });
+      this.#send(frame);
+    });
+  }
+
+  /**
+   * Resolve once connected (at once if already); reject if the client stops first.
+   * @returns {Promise<{socketId: string, userId: string}>}
+   */
+  ready() {
+    if (this.connected) return Promise.resolve({ socketId: this.socketId, userId: this.userId });
+    return new Promise((resolve, reject) => {
+      const onConnect = (info) => {
+        this.off('disconnect', onDisconnect);
+        resolve(info);
+      };
+      const onDisconnect = ({ code, reason, willReconnect }) => {
+        if (willReconnect) return;
+        this.off('connect', onConnect).off('disconnect', onDisconnect);
+        reject(new SignalingError(code === CLOSE_UNAUTHENTICATED ? 'unauthenticated' : 'closed', reason || 'closed'));
+      };
+      this.once('connect', onConnect).on('disconnect', onDisconnect);
+    });
+  }
+
+  async #open() {
+    let token;
+    this.#opening = true;
+    try {
+      token = typeof this.#token === 'function' ? await this.#token() : this.#token;
+    } catch (error) {
+      this.dispatch('error', error);
+      if (!this.#stopped) this.#scheduleReconnect();
+      return;
+    } finally {
+      this.#opening = false;
+    }
+    if (this.#stopped || this.#ws) return;
+    const url = new URL(this.#url);
+    url.searchParams.set('token', token ?? '');
+    if (this.#resumeToken) url.searchParams.set('resume', this.#resumeToken);
+    const ws = new this.#WebSocket(url.toString());
+    this.#ws = ws;
+    ws.onmessage = (message) => {
+      if (ws === this.#ws) this.#receive(ws, message.data);
+    };
+    ws.onclose = (event) => {
+      if (ws !== this.#ws) return;
+      this.#ws = null;
+      this.#socketClosed(ws, event.code, event.reason);
+    };
+  }
+
+  #receive(ws, text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch {
+      return; // the server sends JSON only; anything else is not ours to guess at
+    }
+    if (!frame || typeof frame.event !== 'string') return;
+    const { event, data = {}, id } = frame;
+    if (event === 'webrtc:connected' || (event === 'webrtc:resumed' && !this.connected)) {
+      this.#connected(ws, event, data);
+    }
+    const pending = id === undefined ? undefined : this.#pending.get(id);
+    if (pending) {
+      this.#pending.delete(id);
+      clearTimeout(pending.timer);
+      if (event === 'webrtc:signaling-error') {
+        pending.reject(new SignalingError(data.error, data.message, { event: data.event, details: data.details }));
+      } else {
+        pending.resolve(data);
+      }
+    }
+    this.dispatch(event, data, frame);
+  }
+
+  #connected(ws, event, data) {
+    // A resume (PROTOCOL.md §6) keeps the socketId: the room and the peer connections live on.
+    const resumed = event === 'webrtc:resumed' || (this.socketId !== null && data.socketId === this.socketId);
+    this.socketId = data.socketId;
+    this.userId = data.userId ?? this.userId;
+    this.#resumeToken = data.resumeToken ?? this.#resumeToken;
+    this.connected = true;
+    this.#attempt = 0;
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const frame of queued) this.#send(frame);
+    this.dispatch('connect', { socketId: this.socketId, userId: this.userId, resumed });
+  }
+
+  #send(frame) {
+    const ws = this.#ws;
+    if (!this.connected || !ws || ws.readyState !== WS_OPEN) {
+      this.#queue.push(frame);
+      return;
+    }
+    if (frame.id !== undefined && this.#pending.has(frame.id)) this.#pending.get(frame.id).ws = ws;
+    ws.send(JSON.stringify(frame));
+  }
+
+  #socketClosed(ws, code, reason) {
+    this.connected = false;
+    // Requests sent on this socket will get no reply; queued ones wait for the next socket.
+    this.#rejectPending(ws, 'disconnected', 'The connection was lost before the reply came.');
+    const willReconnect = !this.#stopped && this.#reconnect && code !== CLOSE_UNAUTHENTICATED;
+    if (!willReconnect) {
+      this.#stopped = true;
+      const why = code === CLOSE_UNAUTHENTICATED ? 'unauthenticated' : 'closed';
+      this.#rejectPending(null, why, reason || `The connection was closed (${code}).`);
+    }
+    this.dispatch('disconnect', { code, reason, willReconnect });
+    if (willReconnect) this.#scheduleReconnect();
+  }
+
+  #scheduleReconnect() {
+    const { initialMs, maxMs, factor } = this.#backoff;
+    const step = Math.min(maxMs, initialMs * factor ** this.#attempt);
+    // "Equal jitter": at least half the step, so that retries spread out but never stampede.
+    const delayMs = Math.round(step / 2 + (Math.random() * step) / 2);
+    this.#attempt += 1;
+    this.dispatch('reconnecting', { attempt: this.#attempt, delayMs });
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      if (!this.#stopped) this.#open();
+    }, delayMs);
+  }
+
+  /** Reject the requests sent on `ws`, or every request when `ws` is null. */
+  #rejectPending(ws, code, message) {
+    for (const [id, pending] of this.#pending) {
+      if (ws !== null && pending.ws !== ws) continue;
+      this.#pending.delete(id);
+      clearTimeout(pending.timer);
+      pending.reject(new SignalingError(code, message, { event: pending.event }));
+    }
+    if (ws === null) this.#queue = [];
+  }
+}
+
+function defaultUrl() {
+  const { protocol, host } = globalThis.location;
+  return `${protocol === 'https:' ? 'wss' : 'ws'}://${host}/ws/calls/`;
+}
+
+/**
+ * A full-mesh call in one room: one RTCPeerConnection per remote participant.
+ *
+ * Who offers: the newcomer. On `webrtc:room-joined` it opens a connection to every existing
+ * participant and offers; the existing participants only answer (they open their connection
+ * when the offer arrives). Every later negotiation (an added track, an ICE restart) may come
+ * from either side, and glare is settled by *perfect negotiation*: of two peers, the one with
+ * the greater socketId is polite (it rolls its own offer back and answers), the other
+ * impolite (it ignores the colliding offer).
+ *
+ * Events for the UI (`mesh.on(name, handler)`):
+ * - `joined` (room-joined data); `left` ();
+ * - `participant` `{participant}`: a remote participant to show (existing ones at join, then newcomers);
+ * - `track` `{participant, track, stream}`: remote media arrived;
+ * - `connection-state` `{participant, state}`: the RTCPeerConnection's `connectionState` changed;
+ * - `participant-left` `{participant, reason}`: gone (its connection is closed);
+ * - `error` `{error, participant?}`.
+ */
+export class CallMesh extends Listeners {
+  /** Remote participants by socketId, as the server describes them. */
+  participants = new Map();
+  /** Per remote socketId: `{pc, polite, makingOffer, ignoreOffer, settingRemoteAnswer}`. */
+  peers = new Map();
+  /** The `webrtc:room-joined` data of the current join, or `null`. */
+  joined = null;
+
+  #client;
+  #roomId;
+  #localStream;
+  #callType;
+  #metadata;
+  #rtcConfig;
+  #RTCPeerConnection;
+  #iceServers = [];
+  #active = false;
+  #subscriptions = [];
+
+  /**
+   * @param {SignalingClient} client
+   * @param {object} options
+   * @param {string} options.roomId the `callRoomId`
+   * @param {MediaStream | null} [options.localStream] what to send; without it the mesh only receives
+   * @param {'audio' | 'video'} [options.callType='video']
+   * @param {object} [options.metadata] the room's metadata if this join creates it (e.g. `{groupId}`)
+   * @param {RTCConfiguration} [options.rtcConfig] extra RTCPeerConnection settings; `iceServers`
+   *   always comes from `room-joined`
+   * @param {typeof RTCPeerConnection} [options.RTCPeerConnection] an implementation, outside browsers
+   */
+  constructor(
+    client,
+    {
+      roomId,
+      localStream = null,
+      callType = 'video',
+      metadata,
+      rtcConfig = {},
+      RTCPeerConnection: PeerConnection = globalThis.RTCPeerConnection,
+    },
+  ) {
+    super();
+    this.#client = client;
+    this.#roomId = roomId;
+    this.#localStream = localStream;
+    this.#callType = callType;
+    this.#metadata = metadata;
+    this.#rtcConfig = rtcConfig;
+    this.#RTCPeerConnection = PeerConnection;
+  }
+
+  /** The room's id. */
+  get roomId() {
+    return this.#roomId;
+  }
+
+  /**
+   * Join the room and offer to everyone already in it.
+   * @returns {Promise<object>} the `webrtc:room-joined` data; rejected with the
+   *   {@link SignalingError} of a refusal (`forbidden`, `room-full`, …)
+   */
+  async join() {
+    if (!this.#active) this.#subscribe();
+    this.#active = true;
+    let joined;
+    try {
+      const data = { callRoomId: this.#roomId, callType: this.#callType };
+      if (this.#metadata) data.metadata = this.#metadata;
+      joined = await this.#client.request('webrtc:join-room', data);
+    } catch (error) {
+      this.#stop();
+      throw error;
+    }
+    this.joined = joined;
+    this.#iceServers = joined.iceServers ?? [];
+    this.dispatch('joined', joined);
+    for (const participant of joined.existingParticipants) {
+      this.#remember(participant);
+      this.#peer(participant.socketId, { initiator: true });
+    }
+    return joined;
+  }
+
+  /** Leave the room and close every peer connection. The local stream is the caller's to stop. */
+  async leave() {
+    const wasActive = this.#active;
+    this.#stop();
+    if (wasActive && this.#client.connected) {
+      try {
+        await this.#client.request('webrtc:leave-room', { callRoomId: this.#roomId });
+      } catch {
+        // not in the room any more (or disconnected): the server has already let us go
+      }
+    }
+    this.dispatch('left');
+  }
+
+  #subscribe() {
+    const handlers = {
+      'webrtc:participant-joined': ({ participant }) => {
+        this.#remember(participant);
+      },
+      'webrtc:participant-left': ({ participant, reason }) => this.#forget(participant.socketId, reason),
+      'webrtc:offer': (data) => this.#onDescription(data.fromSocketId, data.fromUserId, data.offer),
+      'webrtc:answer': (data) => this.#onDescription(data.fromSocketId, data.fromUserId, data.answer),
+      'webrtc:ice-candidate': (data) => this.#onCandidate(data),
+      'webrtc:signaling-error': (data) => {
+        if (RELAY_EVENTS.has(data.event) && !QUIET_RELAY_ERRORS.has(data.error)) {
+          this.dispatch('error', { error: new SignalingError(data.error, data.message, data) });
+        }
+      },
+    };
+    for (const [event, handler] of Object.entries(handlers)) {
+      // Frames of another room (after a switch) are not this mesh's business.
+      const scoped = (data) => {
+        if (event === 'webrtc:signaling-error' || data?.callRoomId === this.#roomId) handler(data);
+      };
+      this.#client.on(event, scoped);
+      this.#subscriptions.push([event, scoped]);
+    }
+    // A reconnect with a new socketId means the room saw us leave: start over as a newcomer.
+    const onConnect = ({ resumed }) => {
+      if (!this.#active || resumed || !this.joined) return; // (a join still queued is sent as it is)
+      this.joined = null;
+      for (const socketId of [...this.participants.keys()]) this.#forget(socketId, 'reconnecting');
+      this.join().catch((error) => this.dispatch('error', { error }));
+    };
+    this.#client.on('connect', onConnect);
+    this.#subscriptions.push(['connect', onConnect]);
+  }
+
+  #stop() {
+    this.#active = false;
+    for (const [event, handler] of this.#subscriptions) this.#client.off(event, handler);
+    this.#subscriptions = [];
+    for (const socketId of [...this.peers.keys()]) this.#closePeer(socketId);
+    this.participants.clear();
+    this.joined = null;
+  }
+
+  #remember(participant) {
+    const known = this.participants.has(participant.socketId);
+    this.participants.set(participant.socketId, participant);
+    if (!known) this.dispatch('participant', { participant });
+  }
+
+  #forget(socketId, reason) {
+    const participant = this.participants.get(socketId) ?? { socketId };
+    this.#closePeer(socketId);
+    if (this.participants.delete(socketId)) this.dispatch('participant-left', { participant, reason });
+  }
+
+  #participant(socketId) {
+    return this.participants.get(socketId) ?? { socketId };
+  }
+
+  /** The peer of `socketId`, created (with the local tracks added) on first use. */
+  #peer(socketId, { initiator = false } = {}) {
+    const existing = this.peers.get(socketId);
+    if (existing) return existing;
+    const pc = new this.#RTCPeerConnection({ ...this.#rtcConfig, iceServers: this.#iceServers });
+    const peer = {
+      pc,
+      polite: this.#client.socketId > socketId,
+      makingOffer: false,
+      ignoreOffer: false,
+      settingRemoteAnswer: false,
+    };
+    this.peers.set(socketId, peer);
+
+    pc.onnegotiationneeded = async () => {
+      try {
+        peer.makingOffer = true;
+        await pc.setLocalDescription();
+        this.#relay('webrtc:offer', socketId, { offer: plainDescription(pc.localDescription) });
+      } catch (error) {
+        this.dispatch('error', { error, participant: this.#participant(socketId) });
+      } finally {
+        peer.makingOffer = false;
+      }
+    };
+    pc.onicecandidate = ({ candidate }) => {
+      if (!candidate) return; // end of gathering; the connection does not need to be told
+      const init = typeof candidate.toJSON === 'function' ? candidate.toJSON() : candidate;
+      this.#relay('webrtc:ice-candidate', socketId, {
+        candidate: init,
+        sdpMid: candidate.sdpMid ?? null,
+        sdpMLineIndex: candidate.sdpMLineIndex ?? null,
+      });
+    };
+    pc.ontrack = ({ track, streams }) => {
+      this.dispatch('track', { participant: this.#participant(socketId), track, stream: streams[0] ?? null });
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === 'failed') pc.restartIce();
+      this.dispatch('connection-state', { participant: this.#participant(socketId), state: pc.connectionState });
+    };
+
+    const tracks = this.#localStream?.getTracks() ?? [];
+    for (const track of tracks) pc.addTrack(track, this.#localStream);
+    if (initiator && tracks.length === 0) {
+      // Nothing to send, but the offer must still ask for the others' media.
+      pc.addTransceiver('audio', { direction: 'recvonly' });
+      if (this.#callType === 'video') pc.addTransceiver('video', { direction: 'recvonly' });
+    }
+    return peer;
+  }
+
+  async #onDescription(fromSocketId, fromUserId, description) {
+    if (description.type === 'answer' && !this.peers.has(fromSocketId)) return; // to an offer we closed
+    if (!this.participants.has(fromSocketId)) this.#remember({ socketId: fromSocketId, userId: fromUserId });
+    const peer = this.#peer(fromSocketId);
+    const { pc } = peer;
+    try {
+      const readyForOffer = !peer.makingOffer && (pc.signalingState === 'stable' || peer.settingRemoteAnswer);
+      const offerCollision = description.type === 'offer' && !readyForOffer;
+      peer.ignoreOffer = !peer.polite && offerCollision;
+      if (peer.ignoreOffer) return; // impolite: our offer wins; theirs is dropped
+      peer.settingRemoteAnswer = description.type === 'answer';
+      if (offerCollision) {
+        // Polite: roll our offer back and take theirs. Both calls are queued at once on the
+        // connection's operations chain, so no candidate can slip in between.
+        await Promise.all([pc.setLocalDescription({ type: 'rollback' }), pc.setRemoteDescription(description)]);
+      } else {
+        await pc.setRemoteDescription(description);
+      }
+      peer.settingRemoteAnswer = false;
+      if (description.type === 'offer') {
+        await pc.setLocalDescription();
+        this.#relay('webrtc:answer', fromSocketId, { answer: plainDescription(pc.localDescription) });
+      }
+    } catch (error) {
+      peer.settingRemoteAnswer = false;
+      this.dispatch('error', { error, participant: this.#participant(fromSocketId) });
+    }
+  }
+
+  async #onCandidate({ fromSocketId, candidate, sdpMid, sdpMLineIndex }) {
+    const peer = this.peers.get(fromSocketId);
+    if (!peer) return; // nothing negotiated with that participant (or it has just left)
+    // Seed-style clients send the candidate string with sdpMid/sdpMLineIndex beside it.
+    const init =
+      typeof candidate === 'string'
+        ? { candidate, sdpMid: sdpMid ?? null, sdpMLineIndex: sdpMLineIndex ?? null }
+        : { sdpMid, sdpMLineIndex, ...candidate };
+    try {
+      await peer.pc.addIceCandidate(init);
+    } catch (error) {
+      // Candidates of an offer we ignored cannot be added, and need not be.
+      if (!peer.ignoreOffer) this.dispatch('error', { error, participant: this.#participant(fromSocketId) });
+    }
+  }
+
+  #relay(event, targetSocketId, payload) {
+    this.#client.emit(event, { callRoomId: this.#roomId, targetSocketId, ...payload });
+  }
+
+  #closePeer(socketId) {
+    const peer = this.peers.get(socketId);
+    if (!peer) return;
+    this.peers.delete(socketId);
+    const { pc } = peer;
+    pc.onnegotiationneeded = pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
+    pc.close();
+  }
+}
+
+function plainDescription(description) {
+  return { type: description.type, sdp: description.sdp };
+}

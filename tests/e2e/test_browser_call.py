@@ -1,0 +1,196 @@
+"""Tests that the call page holds a real three-person call through a real daphne process:
+Debian's Chromium driven by Playwright, one browser context per user, fake camera and
+microphone. Nothing here downloads a browser.
+
+The three-person test prints the time from each ``webrtc:join-room`` frame to the whole
+mesh being connected and writes it to ``tests/e2e/artifacts/timing.json``; it also saves
+the screenshot that the README shows (``docs/screenshot-call.png``, refreshed with ``UPDATE_SCREENSHOT=1``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.e2e.conftest import DEMO_GROUP, PASSWORD
+from tests.servers import PROJECT_DIR, Server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    # Keep media on this machine: loopback candidates too (a CI box may have nothing else),
+    # and plain host addresses rather than mDNS names, which would need multicast look-ups.
+    "--allow-loopback-in-peer-connection",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+DESKTOP = {"width": 1280, "height": 720}
+PHONE = {"width": 390, "height": 844}
+STEP_TIMEOUT_MS = 30_000  # generous for two loaded cores; every wait ends on its condition
+POLL_MS = 20  # resolution of the connection timing
+ARTIFACTS = Path(__file__).parent / "artifacts"
+SCREENSHOT = ARTIFACTS / "screenshot-call.png"
+# The README's copy is refreshed from this test with UPDATE_SCREENSHOT=1 (or when missing),
+# so that ordinary runs leave the work tree clean.
+README_SCREENSHOT = PROJECT_DIR / "docs" / "screenshot-call.png"
+JOIN_BUTTON = "Join with camera and microphone"
+
+# True when the page's mesh has `count` peer connections, all connected.
+MESH_CONNECTED = """count => {
+    const mesh = window.callApp.mesh;
+    if (!mesh || mesh.peers.size !== count) return false;
+    return [...mesh.peers.values()].every(peer => peer.pc.connectionState === 'connected');
+}"""
+# True when `count` remote videos play real frames.
+REMOTE_VIDEOS_PLAYING = """count => {
+    const videos = [...document.querySelectorAll('.tile.remote video')];
+    return videos.length === count && videos.every(video => video.videoWidth > 0 && !video.paused);
+}"""
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class PageErrors(list[str]):
+    """Uncaught errors of the pages a test opened; a test ends by asserting there were none."""
+
+    def watch(self, page: Page, name: str) -> None:
+        page.on("pageerror", lambda error: self.append(f"{name}: {error}"))
+
+
+async def signed_in_page(
+    browser: Browser, server: Server, username: str, errors: PageErrors, **context: object
+) -> Page:
+    """A new browser context on the call page, signed in as ``username``, showing the lobby."""
+    page = await (await browser.new_context(**context)).new_page()
+    page.set_default_timeout(STEP_TIMEOUT_MS)
+    errors.watch(page, username)
+    await page.goto(f"{server.http}/")
+    await page.get_by_label("Username").fill(username)
+    await page.get_by_label("Password").fill(PASSWORD)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Join a call")).to_be_visible()
+    return page
+
+
+def record_join_frames(page: Page, name: str, sent_at: dict[str, float]) -> None:
+    """Note when the page sends its ``webrtc:join-room`` frame."""
+
+    def on_frame(payload: str | bytes) -> None:
+        if isinstance(payload, str) and '"webrtc:join-room"' in payload:
+            sent_at.setdefault(name, time.perf_counter())
+
+    page.on("websocket", lambda ws: ws.on("framesent", on_frame))
+
+
+async def connected_at(page: Page, peers: int) -> float:
+    await page.wait_for_function(MESH_CONNECTED, arg=peers, polling=POLL_MS, timeout=STEP_TIMEOUT_MS)
+    return time.perf_counter()
+
+
+async def remote_names(page: Page) -> list[str]:
+    return sorted(await page.locator(".tile.remote .name").all_inner_texts())
+
+
+async def test_three_browsers_hold_a_call_and_see_a_leaver_go(browser: Browser, server: Server) -> None:
+    errors = PageErrors()
+    names = {"alice": "Alice Liddell", "bob": "Bob Builder", "carol": "Carol Danvers"}
+    pages = {
+        "alice": await signed_in_page(browser, server, "alice", errors, viewport=DESKTOP),
+        "bob": await signed_in_page(browser, server, "bob", errors, viewport=PHONE, is_mobile=True, has_touch=True),
+        "carol": await signed_in_page(browser, server, "carol", errors, viewport=DESKTOP),
+    }
+    join_sent: dict[str, float] = {}
+    for name, page in pages.items():
+        record_join_frames(page, name, join_sent)
+
+    # All three join back to back, as fast as the test can click.
+    for page in pages.values():
+        await page.get_by_label("Call", exact=True).select_option(label=DEMO_GROUP)
+        await page.get_by_role("button", name=JOIN_BUTTON).click()
+    done = await asyncio.gather(*(connected_at(page, peers=2) for page in pages.values()))
+    mesh_connected = max(done)
+
+    for name, page in pages.items():
+        await page.wait_for_function(REMOTE_VIDEOS_PLAYING, arg=2, timeout=STEP_TIMEOUT_MS)
+        assert await remote_names(page) == sorted(full for user, full in names.items() if user != name)
+        await expect(page.locator(".tile.local .name")).to_have_text(f"{names[name]} (you)")
+    # At phone width nothing overflows sideways, and the controls stay reachable.
+    assert await pages["bob"].evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    await expect(pages["bob"].get_by_role("button", name="Leave")).to_be_in_viewport()
+
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    await pages["alice"].screenshot(path=SCREENSHOT)
+    if os.environ.get("UPDATE_SCREENSHOT") == "1" or not README_SCREENSHOT.exists():
+        README_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(SCREENSHOT, README_SCREENSHOT)
+    timing = {
+        "browsers": len(pages),
+        "first_join_room_to_mesh_connected_ms": round((mesh_connected - min(join_sent.values())) * 1000),
+        "last_join_room_to_mesh_connected_ms": round((mesh_connected - max(join_sent.values())) * 1000),
+        "own_join_room_to_connected_with_both_ms": {
+            name: round((at - join_sent[name]) * 1000) for name, at in zip(pages, done, strict=True)
+        },
+        "resolution_ms": POLL_MS,
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
+    print(f"\nthree-browser call, join-room → all peers connected: {json.dumps(timing)}")
+
+    # Carol leaves: she is back in the lobby, and her tile goes from the others' pages.
+    await pages["carol"].get_by_role("button", name="Leave").click()
+    await expect(pages["carol"].get_by_role("heading", name="Join a call")).to_be_visible()
+    for name in ("alice", "bob"):
+        page = pages[name]
+        await expect(page.locator('.tile[data-username="carol"]')).to_have_count(0)
+        await expect(page.locator(".tile.remote")).to_have_count(1)
+        await connected_at(page, peers=1)
+        assert await remote_names(page) == [names["bob" if name == "alice" else "alice"]]
+    assert errors == []
+
+
+def demo_group_id(server: Server) -> int:
+    request = urllib.request.Request(
+        f"{server.http}/api/groups/", headers={"Authorization": f"Bearer {server.token('alice')}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return next(group["id"] for group in json.loads(response.read()) if group["name"] == DEMO_GROUP)
+
+
+async def test_a_user_outside_the_group_is_refused_with_a_visible_message(browser: Browser, server: Server) -> None:
+    errors = PageErrors()
+    page = await signed_in_page(browser, server, "dave", errors, viewport=DESKTOP)
+    # Dave belongs to no group: he can only type a room id, here the demo group's.
+    await expect(page.get_by_label("Call", exact=True).locator("option")).to_have_count(1)
+    await page.get_by_label("Room id").fill(f"group-{demo_group_id(server)}")
+    await page.get_by_role("button", name=JOIN_BUTTON).click()
+
+    await expect(page.get_by_role("alert")).to_have_text("You are not a member of this group's call.")
+    await expect(page.get_by_role("heading", name="Join a call")).to_be_visible()
+    await expect(page.locator("#call")).to_be_hidden()
+    assert await page.evaluate("window.callApp.mesh === null && window.callApp.localStream === null")
+    assert errors == []

@@ -1,0 +1,305 @@
+/**
+ * Fakes for the signaling.js tests: a WebSocket driven by hand, an in-memory signaling
+ * server that follows PROTOCOL.md's join/leave/relay rules, and an RTCPeerConnection
+ * with the real signaling-state machine and operations chain (no media).
+ */
+
+/** Let every pending macrotask (and the microtasks they start) run, a few rounds deep. */
+export async function settle(rounds = 40) {
+  for (let i = 0; i < rounds; i += 1) await new Promise((resolve) => setImmediate(resolve));
+}
+
+/** A WebSocket class whose server side the test plays: `open()`, `receive(frame)`, `serverClose(code)`. */
+export function manualWebSocket() {
+  return class ManualWebSocket {
+    static instances = [];
+    readyState = 0;
+    sent = [];
+    closedWith = null;
+
+    constructor(url) {
+      this.url = new URL(url);
+      ManualWebSocket.instances.push(this);
+    }
+
+    send(text) {
+      this.sent.push(JSON.parse(text));
+    }
+
+    close(code = 1000) {
+      this.readyState = 3;
+      this.closedWith = code;
+    }
+
+    open() {
+      this.readyState = 1;
+      this.onopen?.({});
+    }
+
+    receive(frame) {
+      this.onmessage({ data: JSON.stringify(frame) });
+    }
+
+    serverClose(code, reason = '') {
+      this.readyState = 3;
+      this.onclose({ code, reason });
+    }
+  };
+}
+
+/**
+ * An in-memory server. A token names the user (`"alice"`); socketIds are `"<user>-<n>"`.
+ * Frames are delivered as macrotasks, like a network would.
+ */
+export class FakeServer {
+  rooms = new Map(); // roomId → [{participant, ws}]
+  relayed = []; // every relayed frame: {event, from, to, data}
+  iceServers = [{ urls: 'stun:stun.example.org' }];
+  forbidden = new Map(); // roomId → user ids that may not join
+  #connections = 0;
+
+  constructor() {
+    const server = this;
+    this.WebSocket = class FakeServerWebSocket {
+      readyState = 0;
+
+      constructor(url) {
+        this.url = new URL(url);
+        setImmediate(() => server.#accept(this));
+      }
+
+      send(text) {
+        const frame = JSON.parse(text);
+        setImmediate(() => server.#handle(this, frame));
+      }
+
+      close(code = 1000) {
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        server.#gone(this, 'disconnected');
+        setImmediate(() => this.onclose?.({ code, reason: '' }));
+      }
+    };
+  }
+
+  /** Drop a connection from the server side, without a close frame from the client. */
+  drop(socketId, code = 1006) {
+    const entry = [...this.rooms.values()].flat().find((e) => e.participant.socketId === socketId);
+    const { ws } = entry;
+    ws.readyState = 3;
+    this.#gone(ws, 'disconnected');
+    setImmediate(() => ws.onclose?.({ code, reason: '' }));
+  }
+
+  #accept(ws) {
+    const user = ws.url.searchParams.get('token');
+    this.#connections += 1;
+    ws.user = user;
+    ws.socketId = `${user}-${this.#connections}`;
+    ws.readyState = 1;
+    this.#send(ws, { event: 'webrtc:connected', data: { socketId: ws.socketId, userId: user } });
+  }
+
+  #send(ws, frame) {
+    setImmediate(() => {
+      if (ws.readyState === 1) ws.onmessage?.({ data: JSON.stringify(frame) });
+    });
+  }
+
+  #participant(ws) {
+    return { socketId: ws.socketId, userId: ws.user, username: ws.user, displayName: ws.user.toUpperCase() };
+  }
+
+  #handle(ws, { event, data, id }) {
+    if (ws.readyState !== 1) return;
+    const reply = (replyEvent, replyData) => this.#send(ws, { event: replyEvent, data: replyData, id });
+    const room = this.rooms.get(data.callRoomId) ?? [];
+    if (event === 'webrtc:join-room') {
+      if (this.forbidden.get(data.callRoomId)?.includes(ws.user)) {
+        reply('webrtc:signaling-error', { error: 'forbidden', message: 'Not a member.', event });
+        return;
+      }
+      const me = this.#participant(ws);
+      for (const other of room) {
+        this.#send(other.ws, { event: 'webrtc:participant-joined', data: { callRoomId: data.callRoomId, participant: me } });
+      }
+      reply('webrtc:room-joined', {
+        callRoomId: data.callRoomId,
+        participantCount: room.length + 1,
+        existingParticipants: room.map((other) => other.participant),
+        participant: me,
+        metadata: {},
+        iceServers: this.iceServers,
+      });
+      this.rooms.set(data.callRoomId, [...room, { participant: me, ws }]);
+    } else if (event === 'webrtc:leave-room') {
+      this.#gone(ws, 'left');
+      reply('webrtc:room-left', { callRoomId: data.callRoomId });
+    } else {
+      const target = room.find((other) => other.participant.socketId === data.targetSocketId);
+      if (!target) return;
+      const { targetSocketId, ...rest } = data;
+      const relayed = { ...rest, fromSocketId: ws.socketId, fromUserId: ws.user };
+      this.relayed.push({ event, from: ws.socketId, to: targetSocketId, data: relayed });
+      this.#send(target.ws, { event, data: relayed });
+    }
+  }
+
+  #gone(ws, reason) {
+    for (const [roomId, room] of this.rooms) {
+      const me = room.find((entry) => entry.ws === ws);
+      if (!me) continue;
+      const remaining = room.filter((entry) => entry !== me);
+      this.rooms.set(roomId, remaining);
+      for (const other of remaining) {
+        this.#send(other.ws, {
+          event: 'webrtc:participant-left',
+          data: { callRoomId: roomId, participant: me.participant, reason },
+        });
+      }
+    }
+  }
+}
+
+/**
+ * An RTCPeerConnection without media: the JSEP signaling states, an operations chain, and
+ * `negotiationneeded` fired (when stable and idle) while a sender has not been negotiated.
+ * Like the standard, `setRemoteDescription(offer)` outside `stable` fails: a glare must be
+ * resolved by an explicit rollback. Every operation is written to `log`.
+ */
+export function fakePeerConnectionClass() {
+  return class FakePeerConnection {
+    static instances = [];
+    signalingState = 'stable';
+    connectionState = 'new';
+    localDescription = null;
+    remoteDescription = null;
+    senders = [];
+    transceivers = [];
+    addedCandidates = [];
+    log = [];
+    restarts = 0;
+    #chain = Promise.resolve();
+    #busy = 0;
+    #offers = 0;
+    #gathered = false;
+    #checkQueued = false;
+
+    constructor(config) {
+      this.config = config;
+      this.id = FakePeerConnection.instances.push(this);
+    }
+
+    addTrack(track, stream) {
+      this.senders.push({ track, stream, negotiated: false });
+      this.#updateNegotiationNeeded();
+    }
+
+    addTransceiver(kind, init) {
+      this.transceivers.push({ kind, ...init });
+      this.senders.push({ track: null, kind, negotiated: false });
+      this.#updateNegotiationNeeded();
+    }
+
+    setLocalDescription(description) {
+      return this.#operation(() => {
+        const type = description?.type ?? (this.signalingState === 'have-remote-offer' ? 'answer' : 'offer');
+        this.log.push(`setLocalDescription ${type}`);
+        if (type === 'rollback') {
+          this.#expectState('have-local-offer', type);
+          this.signalingState = 'stable';
+          this.localDescription = null;
+        } else if (type === 'offer') {
+          if (this.signalingState === 'have-remote-offer') this.#expectState('stable', type);
+          this.#offers += 1;
+          this.localDescription = { type, sdp: `offer ${this.id}.${this.#offers}` };
+          this.signalingState = 'have-local-offer';
+          this.#gather();
+        } else {
+          this.#expectState('have-remote-offer', type);
+          this.localDescription = { type, sdp: `answer ${this.id}` };
+          this.#negotiated();
+          this.#gather();
+        }
+      });
+    }
+
+    setRemoteDescription(description) {
+      return this.#operation(() => {
+        this.log.push(`setRemoteDescription ${description.type}`);
+        if (description.type === 'offer') {
+          this.#expectState('stable', 'remote offer');
+          this.signalingState = 'have-remote-offer';
+        } else {
+          this.#expectState('have-local-offer', 'remote answer');
+          this.#negotiated();
+        }
+        this.remoteDescription = description;
+        this.ontrack?.({ track: { kind: 'video' }, streams: [{ id: `stream-of-${description.sdp}` }] });
+      });
+    }
+
+    addIceCandidate(candidate) {
+      return this.#operation(() => {
+        if (!this.remoteDescription) throw new Error('InvalidStateError: no remote description');
+        this.addedCandidates.push(candidate);
+      });
+    }
+
+    restartIce() {
+      this.restarts += 1;
+    }
+
+    close() {
+      this.signalingState = 'closed';
+      this.log.push('close');
+    }
+
+    /** Test helper: the ICE/DTLS layer reports a new state. */
+    reportConnectionState(state) {
+      this.connectionState = state;
+      this.onconnectionstatechange?.();
+    }
+
+    #expectState(state, what) {
+      if (this.signalingState !== state) {
+        throw new Error(`InvalidStateError: ${what} in ${this.signalingState}`);
+      }
+    }
+
+    #negotiated() {
+      this.signalingState = 'stable';
+      for (const sender of this.senders) sender.negotiated = true;
+    }
+
+    #gather() {
+      if (this.#gathered) return;
+      this.#gathered = true;
+      setImmediate(() => {
+        const init = { candidate: `candidate:${this.id} 1 udp 2122260223 127.0.0.1 5000 typ host`, sdpMid: '0', sdpMLineIndex: 0 };
+        this.onicecandidate?.({ candidate: { ...init, toJSON: () => ({ ...init, usernameFragment: 'uf' }) } });
+        this.onicecandidate?.({ candidate: null });
+      });
+    }
+
+    #operation(body) {
+      this.#busy += 1;
+      const result = this.#chain.then(body);
+      this.#chain = result.catch(() => {});
+      return result.finally(() => {
+        this.#busy -= 1;
+        this.#updateNegotiationNeeded();
+      });
+    }
+
+    #updateNegotiationNeeded() {
+      if (this.#checkQueued) return;
+      this.#checkQueued = true;
+      queueMicrotask(() => {
+        this.#checkQueued = false;
+        const needed = this.senders.some((sender) => !sender.negotiated);
+        if (needed && this.#busy === 0 && this.signalingState === 'stable') this.onnegotiationneeded?.();
+      });
+    }
+  };
+}

@@ -1,0 +1,386 @@
+// Tests of calls/static/calls/signaling.js with node's test runner: `node --test tests/js/`.
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+
+import { CallMesh, SignalingClient, SignalingError } from '../../calls/static/calls/signaling.js';
+import { FakeServer, fakePeerConnectionClass, manualWebSocket, settle } from './fakes.mjs';
+
+const URL_ = 'ws://calls.test/ws/calls/';
+const BACKOFF = { initialMs: 500, maxMs: 4000, factor: 2 };
+
+/** A client on a hand-driven socket that has received `webrtc:connected`. */
+function connectedClient(options = {}) {
+  const WebSocket = manualWebSocket();
+  const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket, backoff: BACKOFF, ...options });
+  const ws = WebSocket.instances[0];
+  ws.open();
+  ws.receive({ event: 'webrtc:connected', data: { socketId: 's-1', userId: '7' } });
+  return { client, ws, WebSocket };
+}
+
+describe('SignalingClient', () => {
+  test('connects to the endpoint with the access token as ?token=', async () => {
+    const WebSocket = manualWebSocket();
+    new SignalingClient({ url: URL_, token: async () => 'fresh-token', WebSocket });
+    await settle(1);
+    assert.equal(WebSocket.instances.length, 1);
+    assert.equal(WebSocket.instances[0].url.toString(), `${URL_}?token=fresh-token`);
+  });
+
+  test('exposes socketId and userId from webrtc:connected and fires connect', () => {
+    const WebSocket = manualWebSocket();
+    const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket });
+    const connects = [];
+    client.on('connect', (info) => connects.push(info));
+    const ws = WebSocket.instances[0];
+    ws.open();
+    assert.equal(client.connected, false);
+    ws.receive({ event: 'webrtc:connected', data: { socketId: 'abc', userId: '42' } });
+    assert.equal(client.socketId, 'abc');
+    assert.equal(client.userId, '42');
+    assert.equal(client.connected, true);
+    assert.deepEqual(connects, [{ socketId: 'abc', userId: '42', resumed: false }]);
+  });
+
+  test('emit sends one JSON frame; frames emitted before webrtc:connected wait for it', () => {
+    const WebSocket = manualWebSocket();
+    const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket });
+    client.emit('webrtc:join-room', { callRoomId: 'call_123' });
+    const ws = WebSocket.instances[0];
+    ws.open();
+    assert.deepEqual(ws.sent, [], 'nothing is sent before the server says connected');
+    ws.receive({ event: 'webrtc:connected', data: { socketId: 's', userId: '1' } });
+    client.emit('webrtc:leave-room', { callRoomId: 'call_123' });
+    assert.deepEqual(ws.sent, [
+      { event: 'webrtc:join-room', data: { callRoomId: 'call_123' } },
+      { event: 'webrtc:leave-room', data: { callRoomId: 'call_123' } },
+    ]);
+  });
+
+  test('on passes each server event to its handlers with data and frame; off removes a handler', () => {
+    const { client, ws } = connectedClient();
+    const seen = [];
+    const handler = (data, frame) => seen.push([data, frame.event]);
+    client.on('webrtc:offer', handler);
+    ws.receive({ event: 'webrtc:offer', data: { fromSocketId: 'x' } });
+    client.off('webrtc:offer', handler);
+    ws.receive({ event: 'webrtc:offer', data: { fromSocketId: 'y' } });
+    assert.deepEqual(seen, [[{ fromSocketId: 'x' }, 'webrtc:offer']]);
+  });
+
+  test('a throwing handler does not stop the others', (t) => {
+    t.mock.method(console, 'error', () => {});
+    const { client, ws } = connectedClient();
+    const seen = [];
+    client.on('webrtc:answer', () => {
+      throw new Error('boom');
+    });
+    client.on('webrtc:answer', (data) => seen.push(data));
+    ws.receive({ event: 'webrtc:answer', data: { n: 1 } });
+    assert.deepEqual(seen, [{ n: 1 }]);
+  });
+
+  test('request resolves with the reply that carries its id, whatever the order of replies', async () => {
+    const { client, ws } = connectedClient();
+    const first = client.request('webrtc:join-room', { callRoomId: 'a' });
+    const second = client.request('webrtc:leave-room', { callRoomId: 'a' });
+    const [joinFrame, leaveFrame] = ws.sent;
+    assert.equal(typeof joinFrame.id, 'string');
+    assert.notEqual(joinFrame.id, leaveFrame.id);
+    ws.receive({ event: 'webrtc:room-left', data: { callRoomId: 'a' }, id: leaveFrame.id });
+    ws.receive({ event: 'webrtc:room-joined', data: { callRoomId: 'a', participantCount: 1 }, id: joinFrame.id });
+    assert.deepEqual(await first, { callRoomId: 'a', participantCount: 1 });
+    assert.deepEqual(await second, { callRoomId: 'a' });
+  });
+
+  test('request rejects with the signaling-error that carries its id', async () => {
+    const { client, ws } = connectedClient();
+    const joining = client.request('webrtc:join-room', { callRoomId: 'group-1', metadata: { groupId: 1 } });
+    ws.receive({ event: 'webrtc:signaling-error', data: { error: 'room-full', message: 'Other.' }, id: 'c-999' });
+    ws.receive({
+      event: 'webrtc:signaling-error',
+      data: { error: 'forbidden', message: 'Not a member.', event: 'webrtc:join-room', timestamp: 't' },
+      id: ws.sent[0].id,
+    });
+    await assert.rejects(joining, (error) => {
+      assert.ok(error instanceof SignalingError);
+      assert.equal(error.code, 'forbidden');
+      assert.equal(error.message, 'Not a member.');
+      assert.equal(error.event, 'webrtc:join-room');
+      return true;
+    });
+  });
+
+  test('request rejects when the connection drops before its reply', async () => {
+    const { client, ws } = connectedClient();
+    const joining = client.request('webrtc:join-room', { callRoomId: 'a' });
+    ws.serverClose(1006);
+    await assert.rejects(joining, { code: 'disconnected' });
+    client.close();
+  });
+
+  test('request times out, and a frame still queued then is never sent', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const WebSocket = manualWebSocket();
+    const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket, requestTimeoutMs: 1000 });
+    const joining = client.request('webrtc:join-room', { callRoomId: 'a' });
+    t.mock.timers.tick(1000);
+    await assert.rejects(joining, { code: 'timeout' });
+    const ws = WebSocket.instances[0];
+    ws.open();
+    ws.receive({ event: 'webrtc:connected', data: { socketId: 's', userId: '1' } });
+    assert.deepEqual(ws.sent, []);
+  });
+
+  test('reconnects with exponential backoff and jitter, capped, and starts over after a success', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    t.mock.method(Math, 'random', () => 1); // the top of each jitter range
+    const { client, WebSocket } = connectedClient();
+    const delays = [];
+    client.on('reconnecting', ({ delayMs }) => delays.push(delayMs));
+    for (const expected of [500, 1000, 2000, 4000, 4000]) {
+      WebSocket.instances.at(-1).serverClose(1006);
+      const sockets = WebSocket.instances.length;
+      t.mock.timers.tick(expected - 1);
+      assert.equal(WebSocket.instances.length, sockets, `no attempt before ${expected} ms`);
+      t.mock.timers.tick(1);
+      assert.equal(WebSocket.instances.length, sockets + 1, `an attempt at ${expected} ms`);
+    }
+    assert.deepEqual(delays, [500, 1000, 2000, 4000, 4000]);
+
+    const ws = WebSocket.instances.at(-1);
+    ws.open();
+    ws.receive({ event: 'webrtc:connected', data: { socketId: 's-2', userId: '7' } });
+    Math.random.mock.mockImplementation(() => 0); // the bottom: half the step
+    ws.serverClose(1006);
+    assert.deepEqual(delays.at(-1), 250);
+    client.close();
+  });
+
+  test('does not reconnect after close code 4401, and rejects what waits', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const WebSocket = manualWebSocket();
+    const client = new SignalingClient({ url: URL_, token: 'expired', WebSocket });
+    const ready = client.ready();
+    const joining = client.request('webrtc:join-room', { callRoomId: 'a' });
+    const disconnects = [];
+    client.on('disconnect', (info) => disconnects.push(info));
+    WebSocket.instances[0].open();
+    WebSocket.instances[0].serverClose(4401);
+    t.mock.timers.tick(60_000);
+    assert.equal(WebSocket.instances.length, 1);
+    assert.deepEqual(disconnects, [{ code: 4401, reason: '', willReconnect: false }]);
+    await assert.rejects(ready, { code: 'unauthenticated' });
+    await assert.rejects(joining, { code: 'unauthenticated' });
+    await assert.rejects(client.request('webrtc:join-room', { callRoomId: 'a' }), { code: 'closed' });
+  });
+
+  test('close stops for good: the socket is closed with 1000 and nothing reconnects', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const { client, ws, WebSocket } = connectedClient();
+    const disconnects = [];
+    client.on('disconnect', (info) => disconnects.push(info));
+    client.close();
+    assert.equal(ws.closedWith, 1000);
+    assert.equal(disconnects[0].willReconnect, false);
+    t.mock.timers.tick(60_000);
+    assert.equal(WebSocket.instances.length, 1);
+  });
+
+  test('a resume token from webrtc:connected is presented on reconnect, and the same socketId means resumed', (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const WebSocket = manualWebSocket();
+    const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket, backoff: BACKOFF });
+    const connects = [];
+    client.on('connect', (info) => connects.push(info.resumed));
+    WebSocket.instances[0].open();
+    WebSocket.instances[0].receive({ event: 'webrtc:connected', data: { socketId: 's', userId: '1', resumeToken: 'r1' } });
+    WebSocket.instances[0].serverClose(1006);
+    t.mock.timers.tick(BACKOFF.maxMs);
+    const again = WebSocket.instances[1];
+    assert.equal(again.url.searchParams.get('resume'), 'r1');
+    again.open();
+    again.receive({ event: 'webrtc:connected', data: { socketId: 's', userId: '1' } });
+    assert.deepEqual(connects, [false, true]);
+    client.close();
+  });
+});
+
+/** Users in one fake server, each with a client and a mesh on `room`. */
+function meshWorld({ room = 'call_1' } = {}) {
+  const server = new FakeServer();
+  const PeerConnection = fakePeerConnectionClass();
+  const stream = { getTracks: () => [{ kind: 'audio' }, { kind: 'video' }] };
+  const users = {};
+  const add = (name, options = {}) => {
+    const client = new SignalingClient({
+      url: URL_,
+      token: name,
+      WebSocket: server.WebSocket,
+      backoff: { initialMs: 1, maxMs: 1 },
+    });
+    const mesh = new CallMesh(client, { roomId: room, localStream: stream, RTCPeerConnection: PeerConnection, ...options });
+    const events = [];
+    for (const event of ['participant', 'track', 'connection-state', 'participant-left', 'error']) {
+      mesh.on(event, (data) => events.push([event, data]));
+    }
+    users[name] = { client, mesh, events };
+    return users[name];
+  };
+  const pcOf = (name, other) => users[name].mesh.peers.get(users[other].client.socketId).pc;
+  return { server, PeerConnection, users, add, pcOf };
+}
+
+function errorsOf(user) {
+  return user.events.filter(([event]) => event === 'error');
+}
+
+describe('CallMesh', () => {
+  test('the newcomer offers to every existing participant, who answer; all end stable', async () => {
+    const { server, users, add, pcOf } = meshWorld();
+    for (const name of ['alice', 'bob', 'carol']) {
+      await add(name).mesh.join();
+      await settle();
+    }
+    const offers = server.relayed.filter((r) => r.event === 'webrtc:offer').map((r) => `${r.from}→${r.to}`);
+    assert.deepEqual(offers.sort(), ['bob-2→alice-1', 'carol-3→alice-1', 'carol-3→bob-2']);
+    const answers = server.relayed.filter((r) => r.event === 'webrtc:answer').map((r) => `${r.from}→${r.to}`);
+    assert.deepEqual(answers.sort(), ['alice-1→bob-2', 'alice-1→carol-3', 'bob-2→carol-3']);
+    for (const [name, others] of [['alice', ['bob', 'carol']], ['bob', ['alice', 'carol']], ['carol', ['alice', 'bob']]]) {
+      assert.equal(users[name].mesh.peers.size, 2);
+      for (const other of others) {
+        const pc = pcOf(name, other);
+        assert.equal(pc.signalingState, 'stable');
+        assert.ok(pc.senders.every((sender) => sender.negotiated));
+        assert.equal(pc.addedCandidates.length, 1, `${name} got ${other}'s candidate`);
+      }
+      assert.deepEqual(errorsOf(users[name]), []);
+    }
+  });
+
+  test('uses the iceServers of room-joined and relays candidates with sdpMid and sdpMLineIndex', async () => {
+    const { server, PeerConnection, add } = meshWorld();
+    server.iceServers = [{ urls: 'turn:turn.example.org', username: 'u', credential: 'c' }];
+    await add('alice', { rtcConfig: { bundlePolicy: 'max-bundle' } }).mesh.join();
+    await settle();
+    await add('bob').mesh.join();
+    await settle();
+    for (const pc of PeerConnection.instances) {
+      assert.deepEqual(pc.config.iceServers, server.iceServers);
+    }
+    assert.equal(PeerConnection.instances.filter((pc) => pc.config.bundlePolicy === 'max-bundle').length, 1);
+    const candidates = server.relayed.filter((r) => r.event === 'webrtc:ice-candidate').map((r) => r.data);
+    assert.equal(candidates.length, 2);
+    for (const data of candidates) {
+      assert.equal(data.sdpMid, '0');
+      assert.equal(data.sdpMLineIndex, 0);
+      assert.equal(data.candidate.sdpMid, '0');
+      assert.match(data.candidate.candidate, /^candidate:/);
+    }
+  });
+
+  test('tells the UI of participants, their tracks and connection states, with names', async () => {
+    const { users, add, pcOf } = meshWorld();
+    await add('alice').mesh.join();
+    await settle();
+    await add('bob').mesh.join();
+    await settle();
+    pcOf('alice', 'bob').reportConnectionState('connected');
+    const seen = users.alice.events.map(([event, data]) => [event, data.participant?.username, data.state]);
+    assert.deepEqual(seen, [
+      ['participant', 'bob', undefined],
+      ['track', 'bob', undefined],
+      ['connection-state', 'bob', 'connected'],
+    ]);
+    assert.equal(users.bob.events[0][1].participant.displayName, 'ALICE');
+  });
+
+  test('glare: the polite peer rolls back and answers, the impolite one ignores the colliding offer', async () => {
+    const { users, add, pcOf } = meshWorld();
+    await add('alice').mesh.join();
+    await settle();
+    await add('bob').mesh.join();
+    await settle();
+    // socketIds "alice-1" < "bob-2": bob is polite.
+    assert.equal(users.bob.mesh.peers.get('alice-1').polite, true);
+    assert.equal(users.alice.mesh.peers.get('bob-2').polite, false);
+    const alicePc = pcOf('alice', 'bob');
+    const bobPc = pcOf('bob', 'alice');
+    alicePc.log.length = bobPc.log.length = 0;
+
+    // Both add a track at the same moment (say, both start sharing a screen): both offer.
+    alicePc.addTrack({ kind: 'video' }, {});
+    bobPc.addTrack({ kind: 'video' }, {});
+    await settle();
+
+    assert.ok(bobPc.log.includes('setLocalDescription rollback'), bobPc.log.join(', '));
+    assert.ok(!alicePc.log.includes('setLocalDescription rollback'), alicePc.log.join(', '));
+    for (const pc of [alicePc, bobPc]) {
+      assert.equal(pc.signalingState, 'stable');
+      assert.ok(pc.senders.every((sender) => sender.negotiated), 'both new tracks were negotiated in the end');
+    }
+    assert.deepEqual(errorsOf(users.alice), []);
+    assert.deepEqual(errorsOf(users.bob), []);
+  });
+
+  test('a participant who leaves has its connection closed and its departure told', async () => {
+    const { users, add } = meshWorld();
+    for (const name of ['alice', 'bob', 'carol']) {
+      await add(name).mesh.join();
+      await settle();
+    }
+    const carolId = users.carol.client.socketId;
+    const alicePcToCarol = users.alice.mesh.peers.get(carolId).pc;
+    await users.carol.mesh.leave();
+    await settle();
+    assert.equal(users.carol.mesh.peers.size, 0);
+    for (const name of ['alice', 'bob']) {
+      const { mesh, events } = users[name];
+      assert.equal(mesh.peers.size, 1);
+      assert.ok(!mesh.participants.has(carolId));
+      const left = events.filter(([event]) => event === 'participant-left').map(([, data]) => data);
+      assert.deepEqual(left.map((data) => [data.participant.username, data.reason]), [['carol', 'left']]);
+    }
+    assert.equal(alicePcToCarol.signalingState, 'closed');
+  });
+
+  test('a refused join rejects with the server error and keeps no peer', async () => {
+    const { server, users, add } = meshWorld({ room: 'group-1' });
+    server.forbidden.set('group-1', ['dave']);
+    await add('alice').mesh.join();
+    await settle();
+    await assert.rejects(add('dave').mesh.join(), { name: 'SignalingError', code: 'forbidden' });
+    await settle();
+    assert.equal(users.dave.mesh.peers.size, 0);
+    assert.equal(users.alice.mesh.peers.size, 0);
+  });
+
+  test('after a reconnect with a new socketId the mesh rejoins as a newcomer', async () => {
+    const { server, users, add } = meshWorld();
+    await add('alice').mesh.join();
+    await settle();
+    await add('bob').mesh.join();
+    await settle();
+    const reconnected = new Promise((resolve) => users.alice.client.once('connect', resolve));
+    server.drop('alice-1');
+    await reconnected;
+    await settle();
+    assert.equal(users.alice.client.socketId, 'alice-3');
+    const offers = server.relayed.filter((r) => r.event === 'webrtc:offer').map((r) => `${r.from}→${r.to}`);
+    assert.deepEqual(offers, ['bob-2→alice-1', 'alice-3→bob-2']);
+    assert.deepEqual([...users.alice.mesh.peers.keys()], ['bob-2']);
+    assert.deepEqual([...users.bob.mesh.peers.keys()], ['alice-3']);
+    assert.equal(users.bob.mesh.peers.get('alice-3').pc.signalingState, 'stable');
+    for (const name of ['alice', 'bob']) users[name].client.close();
+  });
+
+  test('restarts ICE when a connection fails', async () => {
+    const { add, pcOf } = meshWorld();
+    await add('alice').mesh.join();
+    await settle();
+    await add('bob').mesh.join();
+    await settle();
+    pcOf('alice', 'bob').reportConnectionState('failed');
+    assert.equal(pcOf('alice', 'bob').restarts, 1);
+  });
+});
