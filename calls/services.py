@@ -99,7 +99,7 @@ class Caller:
 
 # Connections this process serves, by socketId, whatever their transport.
 _connections: dict[str, Caller] = {}
-_all_closed = asyncio.Event()
+_all_closed: asyncio.Event | None = None  # set while a shutdown waits for the last close
 metrics.CONNECTIONS.set_function(lambda: len(_connections))
 metrics.PARTICIPANTS.set_function(lambda: sum(1 for c in _connections.values() if c.room_id))
 metrics.ROOMS.set_function(lambda: len({c.room_id for c in _connections.values() if c.room_id}))
@@ -109,7 +109,6 @@ _RELAYED = {event: metrics.RELAYED.labels(event.value) for event in (Event.OFFER
 def connection_opened(caller: Caller) -> None:
     """A transport accepted an authenticated connection."""
     _connections[caller.socket_id] = caller
-    _all_closed.clear()
 
 
 def open_connections() -> list[Caller]:
@@ -221,7 +220,7 @@ async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
 async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
     """Rule 4: a closed connection leaves its room. If presence is unreachable, the
     leave is retried in the background until it is, so that no ghost stays behind."""
-    if _connections.pop(caller.socket_id, None) is not None and not _connections:
+    if _connections.pop(caller.socket_id, None) is not None and not _connections and _all_closed is not None:
         _all_closed.set()
     try:
         await _leave_current_room(caller, reason)
@@ -279,6 +278,8 @@ async def shut_down_connections(timeout_secs: float) -> None:
     """Graceful shutdown: every connection of this process leaves its room (the others
     are told ``disconnected`` and the database rows closed), then is closed with 1001.
     Returns when all are closed, or after ``timeout_secs``."""
+    global _all_closed
+    _all_closed = asyncio.Event()
     callers = open_connections()
     logger.info("shutting down %d connections", len(callers))
     try:
