@@ -176,7 +176,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
         caller.room_id = request.callRoomId
         previous_counts = caller.counts.reset()
-        await _persist(
+        _persist(
             history.record_join,
             session=outcome.session,
             participant=me,
@@ -263,7 +263,8 @@ def _background(coroutine: Any) -> None:
 async def participant_lost(departure: Departure) -> None:
     """Rule 4, last clause: a participant whose server process died leaves as ``lost``."""
     metrics.LOST.inc()
-    await _persist(history.record_leave, departure=departure, reason=LeaveReason.LOST, counts=RelayCounts())
+    _persist(history.record_leave, departure=departure, reason=LeaveReason.LOST, counts=RelayCounts())
+    await history.writer().drained()  # rare: let the record be complete when the room hears of it
     await _announce_departure(departure, LeaveReason.LOST)
     logger.info(
         "lost room=%s socketId=%s userId=%s remaining=%d",
@@ -285,6 +286,7 @@ async def shut_down_connections(timeout_secs: float) -> None:
     try:
         async with asyncio.timeout(timeout_secs):
             await asyncio.gather(*(_leave_current_room(caller, LeaveReason.DISCONNECTED) for caller in callers))
+            await history.writer().drained()
             await close_connections([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
             if _connections:
                 await _all_closed.wait()
@@ -305,7 +307,7 @@ async def close_connections(channels: list[str], code: int = CloseCode.GOING_AWA
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
     caller.room_id = None
-    await _persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
+    _persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
     await _announce_departure(departure, reason)
     logger.info(
         "%s room=%s %s remaining=%d",
@@ -324,13 +326,9 @@ async def _announce_departure(departure: Departure, reason: LeaveReason) -> None
     await _deliver([m.channel_name for m in departure.remaining], frame)
 
 
-async def _persist(write: Any, **kwargs: Any) -> None:
-    """Write call history off the event loop. Signaling goes on if the audit write
-    fails: a call must not break because its record could not be kept."""
-    try:
-        await database_sync_to_async(write)(**kwargs)
-    except Exception:
-        logger.exception("could not record call history (%s)", write.__name__)
+def _persist(write: Any, **kwargs: Any) -> None:
+    """Queue a call-history write; the process's writer applies it off the event loop."""
+    history.writer().submit(write, **kwargs)
 
 
 # ---------------------------------------------------------------------------

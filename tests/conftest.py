@@ -74,6 +74,13 @@ def team(alice: User, bob: User, carol: User) -> Group:
     return group
 
 
+async def history_written() -> None:
+    """Wait until the call-history writes queued so far are in the database."""
+    from calls.history import writer
+
+    await writer().drained()
+
+
 def access_token(user: User) -> str:
     return str(AccessToken.for_user(user))
 
@@ -170,6 +177,7 @@ async def connect() -> AsyncIterator[ConnectFactory]:
             await asyncio.wait_for(communicator.disconnect(), RECEIVE_TIMEOUT_SECS)
         except Exception:  # noqa: S110 - already closed by the test or the server
             pass
+    await history_written()  # the leaves' rows, before the test database goes away
 
 
 @pytest.fixture(scope="session")

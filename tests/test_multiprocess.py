@@ -22,6 +22,7 @@ PRESENCE_TTL_SECS = 3  # the smallest the settings allow, to keep the kill test 
 LOST_MARGIN_SECS = 3.0  # scheduling slack on a loaded two-core CI machine
 USERS = ("alice", "bob", "carol")
 RETRY_INTERVAL_SECS = 0.05
+HISTORY_TIMEOUT_SECS = 5.0
 
 
 @dataclass
@@ -34,6 +35,14 @@ class Cluster:
     def rows(self, sql: str, *params: object) -> list[tuple]:
         with sqlite3.connect(self.database, timeout=20) as db:
             return db.execute(sql, params).fetchall()
+
+    async def rows_become(self, expected: list[tuple], sql: str, *params: object) -> None:
+        """Wait until the query answers ``expected``: call history is written just after
+        the replies, in batches."""
+        deadline = time.monotonic() + HISTORY_TIMEOUT_SECS
+        while (rows := self.rows(sql, *params)) != expected:
+            assert time.monotonic() < deadline, f"{sql} gave {rows}, not {expected}"
+            await asyncio.sleep(RETRY_INTERVAL_SECS)
 
 
 @pytest.fixture
@@ -117,7 +126,8 @@ async def test_concurrent_first_joins_across_processes_make_one_session(
     results = await asyncio.gather(*(client.join("race") for client in joiners))
     assert sorted(r["participantCount"] for r in results) == list(range(1, 10))
     assert len({r["metadata"]["createdAt"] for r in results}) == 1
-    assert cluster.rows("SELECT count(*) FROM calls_callroom WHERE room_id = 'race'") == [(1,)]
+    await cluster.rows_become([(1,)], "SELECT count(*) FROM calls_callroom WHERE room_id = 'race'")
+    await cluster.rows_become([(9,)], "SELECT count(*) FROM calls_callparticipant")
 
 
 async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: list[WsClient]) -> None:
@@ -132,7 +142,7 @@ async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: li
     carol = await connect_to(cluster, clients, 2, "carol")
     joined = await carol.join("keep")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [bob.socket_id]
-    assert cluster.rows("SELECT count(*) FROM calls_callroom WHERE room_id = 'keep' AND ended_at IS NULL") == [(1,)]
+    await cluster.rows_become([(1,)], "SELECT count(*) FROM calls_callroom WHERE room_id = 'keep' AND ended_at IS NULL")
 
 
 async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cluster, clients: list[WsClient]) -> None:

@@ -16,7 +16,7 @@ from calls import history
 from calls.models import CallParticipant, CallRoom
 from groups.models import Group
 from tests.calls.conftest import InRoom
-from tests.conftest import Client, ConnectFactory, make_user
+from tests.conftest import Client, ConnectFactory, history_written, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,6 +26,7 @@ def parse_time(value: str) -> dt.datetime:
 
 
 async def participants_of(room_id: str) -> list[CallParticipant]:
+    await history_written()
     """The participant rows of every session of ``room_id``, in join order."""
     return await database_sync_to_async(list)(CallParticipant.objects.filter(call__room_id=room_id))
 
@@ -76,6 +77,7 @@ async def test_the_first_join_records_a_session_with_the_rooms_metadata(
 
     joined = await client.join("standup", callType="audio", metadata={"topic": "daily", "groupId": team.pk})
 
+    await history_written()
     call = await CallRoom.objects.aget(room_id="standup")
     assert call.session_id
     assert call.call_type == "audio"
@@ -97,6 +99,7 @@ async def test_each_join_records_a_participant_row(connect: ConnectFactory, alic
     assert [row.user_id for row in rows] == [alice.pk, bob.pk, alice.pk]
     assert [row.joined_at for row in rows] == [parse_time(joined["participant"]["joinedAt"]) for joined in joins]
     assert all(row.left_at is None and row.leave_reason == "" for row in rows)
+    await history_written()
     assert (await CallRoom.objects.aget(room_id="r")).peak_participants == 3
 
 
@@ -107,6 +110,7 @@ async def test_a_join_to_the_room_you_are_in_records_nothing(connect: ConnectFac
     await client.join("r")
 
     assert len(await participants_of("r")) == 1
+    await history_written()
     assert await CallRoom.objects.acount() == 1
 
 
@@ -149,6 +153,7 @@ async def test_a_departure_records_when_and_why_the_participant_left(
     assert rows[leaver.socket_id].left_at is not None
     assert rows[leaver.socket_id].left_at >= rows[leaver.socket_id].joined_at
     assert rows[stayer.socket_id].left_at is None
+    await history_written()
     assert (await CallRoom.objects.aget(room_id="r")).ended_at is None
 
 
@@ -157,6 +162,7 @@ async def test_switching_rooms_records_the_stay_in_the_new_room(in_room: InRoom,
 
     await mover.join("elsewhere")
 
+    await history_written()
     old = await CallRoom.objects.aget(room_id="r")
     assert old.ended_at is not None  # the switch emptied it
     assert [row.socket_id for row in await participants_of("elsewhere")] == [mover.socket_id]
@@ -171,10 +177,12 @@ async def test_the_last_departure_ends_the_session_with_its_duration_and_peak(
     await first.leave("r")
     await second.expect("webrtc:participant-left")
     await second.expect("webrtc:participant-left")
+    await history_written()
     assert (await CallRoom.objects.aget(room_id="r")).ended_at is None
 
     await second.leave("r")
 
+    await history_written()
     call = await CallRoom.objects.aget(room_id="r")
     assert call.ended_at is not None
     assert call.duration == call.ended_at - call.started_at >= dt.timedelta(0)
@@ -202,9 +210,11 @@ async def test_relayed_messages_are_counted_when_their_sender_leaves(in_room: In
     await caller.expect("webrtc:ice-candidate")
 
     await caller.leave("r")
+    await history_written()
     assert (await CallRoom.objects.aget(room_id="r")).offers_relayed == 1
     await callee.close()
 
+    await history_written()
     call = await CallRoom.objects.aget(room_id="r")
     assert (call.offers_relayed, call.answers_relayed, call.candidates_relayed) == (1, 1, 3)
 
@@ -239,7 +249,9 @@ async def test_server_start_up_closes_sessions_left_open_by_a_previous_run(alice
     await application.startup()
 
     assert application.started
+    await history_written()
     assert (await CallRoom.objects.aget(pk=orphan.pk)).ended_at is not None
+    await history_written()
     assert (await CallParticipant.objects.aget(call=orphan)).leave_reason == "lost"
 
 
@@ -253,7 +265,9 @@ async def test_start_up_keeps_the_sessions_presence_shows_live(connect: ConnectF
 
     await application.startup()
 
+    await history_written()
     assert (await CallRoom.objects.aget(room_id="still-on")).ended_at is None
+    await history_written()
     assert (await CallRoom.objects.aget(pk=orphan.pk)).ended_at is not None
 
 
@@ -266,6 +280,7 @@ async def test_the_first_connection_after_start_runs_the_start_up(connect: Conne
     await connect(alice)
 
     assert application.started
+    await history_written()
     assert (await CallRoom.objects.aget(pk=orphan.pk)).ended_at is not None
 
 

@@ -13,7 +13,7 @@ from accounts.models import User
 from calls.models import CallRoom
 from groups.models import Group, Membership
 from tests.calls.conftest import InRoom, all_silent, socket_ids
-from tests.conftest import Client, ConnectFactory
+from tests.conftest import Client, ConnectFactory, history_written
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -417,6 +417,7 @@ async def test_concurrent_first_joins_create_one_room_counted_one_to_n(
 
     assert sorted(joined["participantCount"] for joined in joins) == [1, 2, 3, 4, 5]
     assert len({repr(sorted(joined["metadata"].items())) for joined in joins}) == 1
+    await history_written()
     assert await CallRoom.objects.filter(room_id="rush").acount() == 1
 
 
