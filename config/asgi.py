@@ -13,11 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from accounts.websocket import OriginCheck, WebsocketAuthMiddleware  # noqa: E402
-from calls.compat import allow_going_away_close_under_daphne  # noqa: E402
+from calls.compat import allow_going_away_close_under_daphne, defer_autobahn_debug_formatting  # noqa: E402
 from calls.lifecycle import ServerLifecycle  # noqa: E402
 from calls.routing import websocket_urlpatterns  # noqa: E402
 
 allow_going_away_close_under_daphne()
+defer_autobahn_debug_formatting()
 
 application = ServerLifecycle(
     ProtocolTypeRouter(
