@@ -35,6 +35,13 @@ def fresh_signaling_state() -> None:
     config.asgi.application.handle_signals = False  # pytest keeps its own SIGTERM
 
 
+@pytest.fixture(autouse=True)
+async def history_drained() -> AsyncIterator[None]:
+    """Every test ends with its call-history writes done, before its database goes."""
+    yield
+    await history_written()
+
+
 def make_user(username: str, *, display_name: str = "", active: bool = True) -> User:
     user = User.objects.create_user(username=username, password=PASSWORD, display_name=display_name)
     if not active:
