@@ -1,0 +1,756 @@
+"""Signaling benchmark: starts the server itself, drives it with bench/loadgen.mjs, and
+reports a markdown table and one JSON line per run (docs/benchmarks.md).
+
+Scenarios (open-loop: the generator sends on a timer, whatever the server answers):
+
+- S1: 100 rooms x 4 participants joining one by one at 100 joins/s, each newcomer
+  offering to everyone present (the target answers), 8 ICE candidates each way per pair
+  (10,800 relays); then 10 s of targeted ICE at 5,000 msg/s.
+- S2: 25 rooms x 8, the same setup (12,600 relays); then 10 s at 20,000 msg/s.
+- idle: 10,000 authenticated connections held open; server RSS per connection.
+
+After the steady phase, a bisection finds the highest steady rate held: every message
+delivered exactly once to its target, relay p99 under 50 ms, the generator not saturated.
+
+Usage:
+    python -m bench.run [--server daphne|uvicorn|mock] [--processes N] [--scenarios S1,S2,idle]
+                        [--quick] [--no-bisect] [--matrix] [--help for the rest]
+
+``--matrix`` runs the reference set of docs/benchmarks.md (daphne and uvicorn with one
+process, daphne with two processes and Redis; S1, S2 and idle). Loopback only; every
+process it starts is stopped when it ends, fails or is interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.redis_server import RedisServer
+from tests.servers import PROJECT_DIR, Server, free_port, prepare_database, server_env
+
+BENCH_DIR = Path(__file__).resolve().parent
+LOADGEN = BENCH_DIR / "loadgen.mjs"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+STARTUP_TIMEOUT_SECS = 60.0
+MAX_RESTARTS = 4  # fresh servers for one bisection, after overloads left them unusable
+DRAIN_SECS = 30 + 10  # the generator's longest wait for a backlog, then for idle servers
+BENCH_PASSWORD = "bench-pass-123"  # noqa: S105 - throwaway users of a throwaway database
+# The generator's clients send far above the per-connection default (S2 at 20,000 msg/s
+# is 100 frames/s per client, at the default limit; bisection goes to 40,000).
+RATE_LIMIT = "1000000"
+BENCH_ENV = {
+    "CALLS_RATE_LIMIT": RATE_LIMIT,
+    "CALLS_RATE_BURST": RATE_LIMIT,
+    "LOG_LEVEL": "WARNING",
+    "JWT_ACCESS_TTL_SECS": "86400",  # tokens are minted once for the whole run
+    "CALLS_SHUTDOWN_TIMEOUT_SECS": "5",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    rooms: int = 0
+    size: int = 0
+    rate: int = 0
+    idle_connections: int = 0
+
+    @property
+    def clients(self) -> int:
+        return self.idle_connections or self.rooms * self.size
+
+
+SCENARIOS = {
+    "S1": Scenario("S1", rooms=100, size=4, rate=5000),
+    "S2": Scenario("S2", rooms=25, size=8, rate=20000),
+    "idle": Scenario("idle", idle_connections=10000),
+}
+QUICK = {
+    "S1": Scenario("S1", rooms=10, size=4, rate=1000),
+    "S2": Scenario("S2", rooms=5, size=8, rate=2000),
+    "idle": Scenario("idle", idle_connections=500),
+}
+MATRIX = [("daphne", 1, ["S1", "S2", "idle"]), ("uvicorn", 1, ["S1", "S2", "idle"]), ("daphne", 2, ["S1", "S2"])]
+
+
+@dataclasses.dataclass
+class Options:
+    duration: float
+    join_rate: float
+    bisect: tuple[int, int] | None
+    step_secs: float
+    p99_limit_ms: float
+    deflate: bool
+    quiet: bool
+    rate: int | None
+    idle_rooms_of: int = 0
+
+
+@dataclasses.dataclass
+class Cores:
+    """Which CPU each process runs on: the generator on the last core, the servers (and
+    Redis) on the others, round-robin; with one core nothing is pinned."""
+
+    servers: list[int | None]
+    redis: int | None
+    generator: int | None
+    note: str
+
+    @classmethod
+    def plan(cls, processes: int, with_redis: bool) -> Cores:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls([None] * processes, None, None, "one core: server and generator share it (not pinned)")
+        rest = cpus[:-1]
+        servers = [rest[i % len(rest)] for i in range(processes)]
+        redis = rest[processes % len(rest)] if with_redis else None
+        owners: dict[int, list[str]] = {}
+        for i, cpu in enumerate(servers):
+            owners.setdefault(cpu, []).append(f"server {i}")
+        if redis is not None:
+            owners.setdefault(redis, []).append("redis")
+        parts = [f"core {cpu}: {', '.join(names)}" for cpu, names in sorted(owners.items())]
+        parts.append(f"core {cpus[-1]}: generator")
+        shared = [cpu for cpu, names in owners.items() if len(names) > 1]
+        note = "; ".join(parts)
+        if shared:
+            note += f" ({' and '.join(owners[shared[0]])} share one core)"
+        return cls(servers, redis, cpus[-1], note)
+
+
+def taskset(cpu: int | None) -> list[str]:
+    if cpu is None or shutil.which("taskset") is None:
+        return []
+    return ["taskset", "-c", str(cpu)]
+
+
+def pin(pid: int, cpu: int | None) -> None:
+    """Pin every thread of a running process to one core."""
+    if cpu is None:
+        return
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            os.sched_setaffinity(int(task.name), {cpu})
+        except ProcessLookupError:
+            pass
+
+
+def process_cpu_secs(pid: int) -> float:
+    """User + system CPU seconds of a process (fields 14 and 15 of /proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_secs() -> float:
+    """CPU seconds the whole machine spent busy (or stolen by the hypervisor) since boot."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(fields) - fields[3] - fields[4]) / CLOCK_TICKS  # all but idle and iowait
+
+
+def wait_for_quiet(max_secs: float, threshold: float = 0.1, window: float = 2.0) -> float:
+    """Wait (at most ``max_secs``) until the machine is busy less than ``threshold`` of a
+    core over ``window`` seconds; return the load last seen, in cores."""
+    deadline = time.monotonic() + max_secs
+    while True:
+        before = machine_busy_secs()
+        time.sleep(window)
+        load = (machine_busy_secs() - before) / window
+        if load < threshold or time.monotonic() > deadline:
+            return load
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one; the servers and the generator
+    inherit it (10,000 idle connections need more than the usual 1,024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def node() -> str:
+    found = shutil.which("node")
+    if found is None:
+        raise SystemExit("bench: node (>= 20) is required for the load generator; install Node.js.")
+    return found
+
+
+def ensure_node_deps() -> None:
+    node()
+    if not (BENCH_DIR / "node_modules" / "ws").is_dir():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise SystemExit("bench: npm is required to install the load generator's dependencies.")
+        subprocess.run([npm, "ci", "--prefix", str(BENCH_DIR), "--no-audit", "--no-fund"], check=True, timeout=300)
+
+
+# ---------------------------------------------------------------- database and tokens
+
+MINT_TOKENS = """
+import json, os
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from rest_framework_simplejwt.tokens import AccessToken
+
+User = get_user_model()
+count = int(os.environ["BENCH_USERS"])
+names = [f"bench{i}" for i in range(count)]
+existing = set(User.objects.filter(username__startswith="bench").values_list("username", flat=True))
+password = make_password(os.environ["BENCH_PASSWORD"])
+User.objects.bulk_create(
+    [User(username=name, display_name=name.capitalize(), password=password) for name in names if name not in existing],
+    batch_size=500,
+)
+users = User.objects.in_bulk(names, field_name="username")
+with open(os.environ["BENCH_TOKENS"], "w") as out:
+    json.dump([str(AccessToken.for_user(users[name])) for name in names], out)
+"""
+
+
+def mint_tokens(env: dict[str, str], count: int, path: Path) -> Path:
+    """Create users bench0..bench{count-1} (one password hash for all) and write one
+    access token each to ``path``, in a single Django shell."""
+    extra = {"BENCH_USERS": str(count), "BENCH_PASSWORD": BENCH_PASSWORD, "BENCH_TOKENS": str(path)}
+    subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", MINT_TOKENS],
+        cwd=PROJECT_DIR,
+        env=env | extra,
+        check=True,
+        timeout=300,
+        stdout=subprocess.DEVNULL,
+    )
+    return path
+
+
+# ---------------------------------------------------------------- servers
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    if kind == "mock":
+        return [node(), str(BENCH_DIR / "mock_server.mjs"), "--port", str(port)]
+    if kind == "uvicorn":
+        return [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+                "--port", str(port), "--ws", "websockets-sansio", "--loop", "uvloop", "--http", "httptools",
+                "--no-access-log", "--log-level", "warning"]  # fmt: skip
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+
+
+def start_servers(kind: str, env: dict[str, str], cores: list[int | None], workdir: Path) -> list[Server]:
+    servers = []
+    try:
+        for i, cpu in enumerate(cores):
+            port = free_port()
+            log_path = workdir / f"{kind}-{i}.log"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    taskset(cpu) + server_command(kind, port),
+                    cwd=PROJECT_DIR,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            servers.append(Server(port, process, log_path))
+        for server in servers:
+            wait_until_serving(server)
+            pin(server.process.pid, cores[servers.index(server)])
+    except BaseException:
+        for server in servers:
+            server.stop(signal.SIGKILL)
+        raise
+    return servers
+
+
+def wait_until_serving(server: Server) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.http}/healthz", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.1)
+    raise RuntimeError(f"server did not start within {STARTUP_TIMEOUT_SECS:.0f}s:\n{server.log()[-4000:]}")
+
+
+# ---------------------------------------------------------------- one run
+
+
+def bisect_steps(lo: int, hi: int, ratio: float = 1.1) -> int:
+    return math.ceil(math.log2(max(2.0, math.log(hi / lo) / math.log(ratio)))) + 1
+
+
+def loadgen_args(scenario: Scenario, options: Options, bisect: tuple[int, int] | None, duration: float) -> list[str]:
+    if scenario.idle_connections:
+        return ["--mode", "idle", "--idle-connections", str(scenario.idle_connections), "--connect-concurrency", "64",
+                "--idle-rooms-of", str(options.idle_rooms_of)]  # fmt: skip
+    rate = options.rate or scenario.rate
+    args = ["--mode", "scenario", "--rooms", str(scenario.rooms), "--size", str(scenario.size),
+            "--join-rate", str(options.join_rate), "--rate", str(rate), "--duration", str(duration),
+            "--p99-limit-ms", str(options.p99_limit_ms), "--step-secs", str(options.step_secs)]  # fmt: skip
+    if bisect is not None:
+        args += ["--bisect-lo", str(bisect[0]), "--bisect-hi", str(bisect[1])]
+    return args
+
+
+def generator_deadline(scenario: Scenario, options: Options, bisect: tuple[int, int] | None, duration: float) -> float:
+    if scenario.idle_connections:
+        return 120 + scenario.idle_connections / 50
+    secs = 60 + scenario.clients / options.join_rate + 2 * DRAIN_SECS + duration
+    if bisect is not None:
+        secs += bisect_steps(*bisect) * (options.step_secs + DRAIN_SECS)
+    return secs
+
+
+def run_generator(
+    servers: list[Server],
+    redis: RedisServer | None,
+    tokens: Path,
+    cpu: int | None,
+    args: list[str],
+    deadline: float,
+    options: Options,
+) -> dict[str, Any]:
+    command = [*taskset(cpu), node(), str(LOADGEN),
+        "--urls", ",".join(s.ws for s in servers), "--tokens", str(tokens),
+        "--pids", ",".join(str(s.process.pid) for s in servers), "--clk-tck", str(CLOCK_TICKS),
+        "--deadline", str(round(deadline)), *args]  # fmt: skip
+    if redis is not None and redis.process is not None:
+        command += ["--redis-pid", str(redis.process.pid)]
+    if options.deflate:
+        command.append("--deflate")
+    if options.quiet:
+        command.append("--quiet")
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True, timeout=deadline + 30, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"the load generator exited with {result.returncode} and no report")
+    return json.loads(lines[-1])
+
+
+def run_one(kind: str, processes: int, scenario: Scenario, options: Options, workdir: Path, tokens: Path) -> dict:
+    """Start fresh servers (and Redis), run the generator against them, stop everything."""
+    cores = Cores.plan(processes, with_redis=processes > 1)
+    bisect = None if scenario.idle_connections else options.bisect
+    duration = 0 if scenario.idle_connections else options.duration
+    report: dict[str, Any] = {}
+    steps: list[dict] = []
+    restarts = 0
+    foreign: list[float] = []
+    died: list[str] = []
+    while True:
+        busy_before, started = machine_busy_secs(), time.monotonic()
+        with ExitStack() as stack:
+            redis = None
+            extra = dict(BENCH_ENV)
+            if processes > 1:
+                redis = RedisServer(workdir / f"redis-{kind}-{scenario.name}-{restarts}").start()
+                stack.callback(redis.stop)
+                assert redis.process is not None
+                pin(redis.process.pid, cores.redis)
+                extra["REDIS_URL"] = redis.url
+            env = server_env(workdir / "db.sqlite3", **extra)
+            servers = start_servers(kind, env, cores.servers, workdir)
+            for server in servers:
+                stack.callback(server.stop)
+            args = loadgen_args(scenario, options, bisect, duration)
+            deadline = generator_deadline(scenario, options, bisect, duration)
+            outcome = run_generator(servers, redis, tokens, cores.generator, args, deadline, options)
+            ours = sum(process_cpu_secs(s.process.pid) for s in servers) + (outcome.get("generator_cpu_ms") or 0) / 1000
+            if redis is not None and redis.process is not None:
+                ours += process_cpu_secs(redis.process.pid)
+            foreign.append((machine_busy_secs() - busy_before - ours) / (time.monotonic() - started))
+            died += [s.log_path.name for s in servers if s.process.poll() is not None]
+        if not report:
+            report = outcome
+        steps += (outcome.get("bisect") or {}).get("steps", [])
+        search = outcome.get("bisect")
+        if search and search["broken"] and restarts < MAX_RESTARTS and search["hi"] / search["lo"] > 1.1:
+            # An overload left the servers unfit to measure (connections lost, or a
+            # backlog still being worked off): go on with fresh servers from the bounds
+            # reached so far.
+            restarts += 1
+            bisect, duration = (search["lo"], search["hi"]), 0
+            report.setdefault("bisect_restarts", []).append(
+                {"lo": search["lo"], "hi": search["hi"], "why": search["broken"]}
+            )
+            continue
+        if search:
+            report["bisect"] = dict(search, steps=steps)
+            best = [s["rate"] for s in steps if s["held"]]
+            report["bisect"]["max_rate_held"] = max(best) if best else None
+        report["servers_died"] = died
+        # CPU that neither the servers, Redis nor the generator used: other load on the
+        # machine, which makes the figures of this run unreliable when it is large.
+        report["foreign_cpu_cores"] = round(max(0.0, *foreign), 3)  # below 0: clock-tick rounding
+        break
+    return summarize(kind, processes, scenario, cores, report)
+
+
+STEP_KEYS = ("rate", "held", "sent", "delivered", "relay_p50_ms", "relay_p99_ms", "server_cpu_ms_per_1k",
+             "redis_cpu_ms_per_1k", "generator_cpu", "errors", "closes", "servers_quiet")  # fmt: skip
+
+
+def summarize(kind: str, processes: int, scenario: Scenario, cores: Cores, report: dict) -> dict:
+    connection = report.get("connection") or {}
+    row: dict[str, Any] = {
+        "server": kind,
+        "processes": processes,
+        "scenario": scenario.name,
+        "layer": "redis-pubsub" if processes > 1 else "in-memory",
+        "cores": cores.note,
+        "connections": connection.get("connections"),
+        "connect_p50_ms": connection.get("connect_p50_ms"),
+        "connect_p99_ms": connection.get("connect_p99_ms"),
+        "rss_per_connection_kb": connection.get("rss_per_connection_kb"),
+        "problem": report.get("problem"),
+        "servers_died": report.get("servers_died"),
+        "foreign_cpu_cores": report.get("foreign_cpu_cores"),
+    }
+    setup, steady, search = report.get("setup"), report.get("steady"), report.get("bisect")
+    if setup:
+        row |= {
+            "join_p50_ms": setup["join_p50_ms"],
+            "join_p99_ms": setup["join_p99_ms"],
+            "setup_relays": setup["expected"],
+            "setup_sent": setup["sent"],
+            "setup_delivered": setup["delivered"],
+            "setup_relay_p50_ms": setup["relay_p50_ms"],
+            "setup_relay_p99_ms": setup["relay_p99_ms"],
+            "setup_server_cpu_ms_per_1k": setup["server_cpu_ms_per_1k"],
+            "setup_redis_cpu_ms_per_1k": setup["redis_cpu_ms_per_1k"],
+        }
+    if steady:
+        row |= {
+            "steady_rate": steady["rate"],
+            "steady_achieved_rate": steady["achieved_rate"],
+            "steady_sent": steady["sent"],
+            "steady_delivered": steady["delivered"],
+            "steady_relay_p50_ms": steady["relay_p50_ms"],
+            "steady_relay_p99_ms": steady["relay_p99_ms"],
+            "steady_server_cpu_ms_per_1k": steady["server_cpu_ms_per_1k"],
+            "steady_redis_cpu_ms_per_1k": steady["redis_cpu_ms_per_1k"],
+            "steady_held": steady["held"],
+            "generator_cpu": steady["generator_cpu"],
+            "generator_saturated": steady["generator_saturated"],
+        }
+    phases = [p for p in (setup, steady) if p]
+    row["sent"] = sum(p["sent"] for p in phases)
+    row["delivered"] = sum(p["delivered"] for p in phases)
+    row["misdelivered"] = sum(p["misdelivered"] for p in phases)
+    row["duplicates"] = sum(p["duplicates"] for p in phases)
+    row["undelivered"] = sum(p["undelivered"] for p in phases)
+    row["errors"] = (report.get("totals") or {}).get("errors", {})
+    row["closes"] = (report.get("totals") or {}).get("closes", {})
+    if search:
+        held = [s for s in search["steps"] if s["held"]]
+        best = max(held, key=lambda s: s["rate"]) if held else None
+        row |= {
+            "max_rate_held": search["max_rate_held"],
+            "bisect_range": [search["lo"], search["hi"]],
+            "bisect_limited_by_generator": any(not s["held"] and s["generator_saturated"] for s in search["steps"]),
+            # Server CPU per relay at the highest rate held: the relay cost without a backlog.
+            "held_relay_p99_ms": best["relay_p99_ms"] if best else None,
+            "held_server_cpu_ms_per_1k": best["server_cpu_ms_per_1k"] if best else None,
+            "held_redis_cpu_ms_per_1k": best["redis_cpu_ms_per_1k"] if best else None,
+            "bisect_restarts": report.get("bisect_restarts", []),
+            "bisect_steps": [{k: s[k] for k in STEP_KEYS} for s in search["steps"]],
+        }
+    if "joined" in report:
+        row["rss_per_participant_kb"] = report["joined"]["rss_per_participant_kb"]
+    row["generator_cpu_ms"] = report.get("generator_cpu_ms")
+    return row
+
+
+# ---------------------------------------------------------------- output
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def pair(a: Any, b: Any) -> str:
+    return f"{fmt(a)} / {fmt(b)}"
+
+
+def held_text(row: dict) -> str:
+    """The highest rate held; "≥" when no step failed (the search ran out of range),
+    "<" when none held."""
+    if "max_rate_held" not in row:
+        return "—"
+    steps = row["bisect_steps"]
+    if row["max_rate_held"] is None:
+        text = f"< {fmt(min((s['rate'] for s in steps), default=row['bisect_range'][0]))}"
+    elif all(s["held"] for s in steps):
+        text = f"≥ {fmt(row['max_rate_held'])}"
+    else:
+        text = fmt(row["max_rate_held"])
+    return text + (" (generator-bound)" if row.get("bisect_limited_by_generator") else "")
+
+
+SCENARIO_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("scen.", lambda r: r["scenario"]),
+    ("join p50 / p99 ms", lambda r: pair(r.get("join_p50_ms"), r.get("join_p99_ms"))),
+    ("setup relay p50 / p99 ms", lambda r: pair(r.get("setup_relay_p50_ms"), r.get("setup_relay_p99_ms"))),
+    ("setup CPU ms / 1k relays (server ; Redis)", lambda r: setup_cpu(r)),
+    ("RSS KB / conn", lambda r: fmt(r.get("rss_per_connection_kb"))),
+    ("steady rate (achieved)", lambda r: f"{fmt(r.get('steady_rate'))} ({fmt(r.get('steady_achieved_rate'))})"),
+    ("steady relay p50 / p99 ms", lambda r: pair(r.get("steady_relay_p50_ms"), r.get("steady_relay_p99_ms"))),
+    ("steady CPU ms / 1k", lambda r: fmt(r.get("steady_server_cpu_ms_per_1k"))),
+    (
+        "sent = delivered",
+        lambda r: f"{fmt(r['sent'])} {'=' if r['sent'] == r['delivered'] else '≠'} {fmt(r['delivered'])}",
+    ),
+    ("misdelivered ; dup ; errors", lambda r: f"{r['misdelivered']} ; {r['duplicates']} ; {sum(r['errors'].values())}"),
+    ("max steady rate held", lambda r: held_text(r)),
+    ("CPU ms / 1k at held rate (p99 ms)", lambda r: held_cpu_text(r)),
+    ("generator CPU (steady)", lambda r: generator_text(r)),
+    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
+]
+IDLE_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("idle connections", lambda r: fmt(r["connections"])),
+    ("connect p50 / p99 ms", lambda r: pair(r["connect_p50_ms"], r["connect_p99_ms"])),
+    ("RSS KB / connection", lambda r: fmt(r["rss_per_connection_kb"])),
+    ("RSS KB / participant", lambda r: fmt(r.get("rss_per_participant_kb"))),
+    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
+]
+
+
+def delivered_text(row: dict) -> str:
+    return f"{fmt(row['sent'])} {'=' if row['sent'] == row['delivered'] else '≠'} {fmt(row['delivered'])}"
+
+
+def setup_cpu(row: dict) -> str:
+    text = fmt(row.get("setup_server_cpu_ms_per_1k"))
+    return f"{text} ; {fmt(row.get('setup_redis_cpu_ms_per_1k'))}" if row["processes"] > 1 else text
+
+
+def held_cpu_text(row: dict) -> str:
+    if row.get("held_server_cpu_ms_per_1k") is None:
+        return "—"
+    text = fmt(row["held_server_cpu_ms_per_1k"])
+    if row["processes"] > 1:
+        text += f" ; {fmt(row.get('held_redis_cpu_ms_per_1k'))}"
+    return f"{text} ({fmt(row.get('held_relay_p99_ms'))})"
+
+
+def generator_text(row: dict) -> str:
+    if row.get("generator_cpu") is None:
+        return "—"
+    return f"{row['generator_cpu'] * 100:.0f} %{' SATURATED' if row.get('generator_saturated') else ''}"
+
+
+def markdown(columns: list, rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [cell(row) for _, cell in columns] if not row.get("problem") else [row["problem"][:80]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def table(rows: list[dict]) -> str:
+    scenario_rows = [r for r in rows if r["scenario"] != "idle"]
+    idle_rows = [r for r in rows if r["scenario"] == "idle"]
+    lines = markdown(SCENARIO_COLUMNS, scenario_rows) if scenario_rows else []
+    if idle_rows:
+        lines += ["", *markdown(IDLE_COLUMNS, idle_rows)]
+    return "\n".join(lines)
+
+
+FOREIGN_LOAD_WARNING = 0.15  # cores of other load that make a run's figures suspect
+
+
+def progress(row: dict) -> str:
+    if row.get("problem"):
+        return f"problem: {row['problem']}"
+    if row["scenario"] == "idle":
+        text = f"{fmt(row['connections'])} connections, {fmt(row['rss_per_connection_kb'])} KB each"
+    else:
+        text = (
+            f"setup {fmt(row.get('setup_server_cpu_ms_per_1k'))} CPU ms / 1k relays; steady p99"
+            f" {fmt(row.get('steady_relay_p99_ms'))} ms; sent {fmt(row['sent'])}, delivered {fmt(row['delivered'])};"
+            f" held {held_text(row)}"
+        )
+    if (row.get("foreign_cpu_cores") or 0) > FOREIGN_LOAD_WARNING:
+        text += f"; WARNING: other processes used {row['foreign_cpu_cores']:.2f} cores meanwhile"
+    return text
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("Django", "channels", "channels-redis", "daphne", "uvicorn", "websockets", "uvloop"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "missing"
+    found["node"] = subprocess.run([node(), "--version"], capture_output=True, text=True, check=False).stdout.strip()
+    ws = BENCH_DIR / "node_modules" / "ws" / "package.json"
+    found["ws"] = json.loads(ws.read_text())["version"] if ws.exists() else "missing"
+    redis = shutil.which("redis-server")
+    if redis:
+        out = subprocess.run([redis, "--version"], capture_output=True, text=True, check=False).stdout
+        found["redis"] = next((w.split("=")[1] for w in out.split() if w.startswith("v=")), out.strip())
+    return found
+
+
+def machine() -> dict[str, Any]:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
+
+
+# ---------------------------------------------------------------- command line
+
+
+def interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so that every process started is stopped."""
+    raise KeyboardInterrupt
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument(
+        "--server",
+        choices=["daphne", "uvicorn", "mock"],
+        default="daphne",
+        help="mock: bench/mock_server.mjs, a bare relay in Node, to measure the generator itself",
+    )
+    parser.add_argument("--processes", type=int, default=1, help="N > 1: N processes sharing a fresh redis-server")
+    parser.add_argument("--scenarios", default="S1,S2", help="comma-separated: S1, S2, idle")
+    parser.add_argument("--matrix", action="store_true", help="the reference set of docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true", help="small rooms and rates, no bisection: a smoke run")
+    parser.add_argument("--rate", type=int, help="steady rate (msg/s) instead of the scenario's")
+    parser.add_argument("--duration", type=float, help="seconds of steady phase (default 10; quick 2)")
+    parser.add_argument("--join-rate", type=float, default=100.0, help="joins per second in setup")
+    parser.add_argument("--no-bisect", action="store_true", help="skip the search for the highest steady rate")
+    parser.add_argument("--bisect-range", default="250:40000", help="LO:HI msg/s (default 250:40000)")
+    parser.add_argument("--step-secs", type=float, default=5.0, help="steady seconds per bisection step")
+    parser.add_argument("--p99-limit-ms", type=float, default=50.0, help="relay p99 a held rate must stay under")
+    parser.add_argument("--idle-connections", type=int, help="connections of the idle scenario (default 10,000)")
+    parser.add_argument("--idle-rooms-of", type=int, default=0, help="idle: then join rooms of this size")
+    parser.add_argument("--deflate", action="store_true", help="clients offer permessage-deflate, as browsers do")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines from the generator")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECS", help="wait for an idle machine")
+    parser.add_argument("--keep-workdir", action="store_true", help="keep server logs and the database")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: use S1, S2, idle")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    catalogue = QUICK if args.quick else SCENARIOS
+    lo, _, hi = args.bisect_range.partition(":")
+    options = Options(
+        duration=args.duration if args.duration is not None else (2.0 if args.quick else 10.0),
+        join_rate=args.join_rate,
+        bisect=None if (args.no_bisect or args.quick) else (int(lo), int(hi)),
+        step_secs=args.step_secs,
+        p99_limit_ms=args.p99_limit_ms,
+        deflate=args.deflate,
+        quiet=args.quiet,
+        rate=args.rate,
+        idle_rooms_of=args.idle_rooms_of,
+    )
+    if args.matrix:
+        plan = [(kind, n, names) for kind, n, names in MATRIX]
+    else:
+        plan = [(args.server, args.processes, args.scenarios.split(","))]
+
+    def scenario(name: str) -> Scenario:
+        chosen = catalogue[name]
+        if name == "idle" and args.idle_connections:
+            chosen = dataclasses.replace(chosen, idle_connections=args.idle_connections)
+        return chosen
+
+    signal.signal(signal.SIGTERM, interrupt)
+    open_files = raise_open_files_limit()
+    ensure_node_deps()
+    needed = max(scenario(name).clients for _, _, names in plan for name in names)
+    needed += 2 * max(n for _, n, _ in plan)  # warm-up clients
+    if needed + 100 > open_files:
+        raise SystemExit(f"bench: {needed} connections need more open files than the limit of {open_files}.")
+
+    print(f"machine: {json.dumps(machine())}")
+    print(f"versions: {json.dumps(versions())}")
+    print(
+        f"note: CALLS_RATE_LIMIT and CALLS_RATE_BURST are raised to {RATE_LIMIT} for the generator's clients "
+        "(S2 at 20,000 msg/s is 100 frames/s per client, the default limit; bisection goes higher).",
+        flush=True,
+    )
+    rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="calls-bench-"))
+    try:
+        env = server_env(workdir / "db.sqlite3", **BENCH_ENV)
+        prepare_database(env)
+        tokens = mint_tokens(env, needed, workdir / "tokens.json")
+        for kind, processes, names in plan:
+            for name in names:
+                chosen = scenario(name)
+                cores = Cores.plan(processes, with_redis=processes > 1)
+                print(f"== {kind}, {processes} process(es), {name} — {cores.note}", flush=True)
+                if args.wait_quiet:
+                    print(f"   machine load before the run: {wait_for_quiet(args.wait_quiet):.2f} cores", flush=True)
+                try:
+                    row = run_one(kind, processes, chosen, options, workdir, tokens)
+                except (RuntimeError, subprocess.SubprocessError) as exc:
+                    print(f"bench: {kind} {processes} {name} failed: {exc}", file=sys.stderr)
+                    row = {"server": kind, "processes": processes, "scenario": name, "problem": str(exc)[:500]}
+                rows.append(row)
+                print(f"   {progress(row)}", flush=True)
+    except KeyboardInterrupt:
+        print("interrupted; everything started was stopped", file=sys.stderr)
+        return 130
+    finally:
+        if args.keep_workdir:
+            print(f"workdir kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if rows:
+            print()
+            print(table(rows))
+            print()
+            for row in rows:
+                print(json.dumps(row))
+    failed = [r for r in rows if r.get("problem") or r.get("misdelivered") or r.get("duplicates")]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
