@@ -129,9 +129,12 @@ def _wait_until_serving(server: Server) -> None:
 
 
 @contextmanager
-def running(*servers: Server) -> Iterator[tuple[Server, ...]]:
+def demo_server(workdir: Path, **extra_env: str) -> Iterator[Server]:
+    """One daphne process on a fresh database with the demo users; stopped after."""
+    env = server_env(workdir / "db.sqlite3", **extra_env)
+    prepare_database(env)
+    server = start_daphne(env, workdir / "daphne.log")
     try:
-        yield servers
+        yield server
     finally:
-        for server in servers:
-            server.stop()
+        server.stop()

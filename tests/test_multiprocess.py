@@ -131,11 +131,7 @@ async def test_concurrent_first_joins_across_processes_make_one_session(
 
 
 async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: list[WsClient]) -> None:
-    alice = await connect_to(cluster, clients, 0, "alice")
-    bob = await connect_to(cluster, clients, 1, "bob")
-    await alice.join("keep")
-    await bob.join("keep")
-    await alice.expect("webrtc:participant-joined")
+    alice, bob = await pair_in_room(cluster, clients, "keep")
     await alice.send("webrtc:leave-room", {"callRoomId": "keep"})
     await alice.expect("webrtc:room-left")
     assert (await bob.expect("webrtc:participant-left"))["data"]["reason"] == "left"
@@ -146,11 +142,7 @@ async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: li
 
 
 async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cluster, clients: list[WsClient]) -> None:
-    alice = await connect_to(cluster, clients, 0, "alice")
-    doomed = await connect_to(cluster, clients, 1, "bob")
-    await alice.join("kill")
-    await doomed.join("kill")
-    await alice.expect("webrtc:participant-joined")
+    alice, doomed = await pair_in_room(cluster, clients, "kill")  # doomed is on process 1
 
     killed_at = time.monotonic()
     cluster.servers[1].stop(signal.SIGKILL)

@@ -9,21 +9,15 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from tests.servers import Server, prepare_database, server_env, start_daphne
+from tests.servers import Server, demo_server
 
 RECEIVE_TIMEOUT_SECS = 5.0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("server")
-    env = server_env(tmp / "db.sqlite3")
-    prepare_database(env)
-    server = start_daphne(env, tmp / "daphne.log")
-    try:
+    with demo_server(tmp_path_factory.mktemp("server")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def test_a_demo_user_connects_with_a_token(server: Server) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.servers import Server, prepare_database, server_env, start_daphne
+from tests.servers import Server, demo_server
 
 PASSWORD = "demo-pass-123"
 DEMO_GROUP = "Demo team"
@@ -15,11 +15,5 @@ DEMO_GROUP = "Demo team"
 
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    tmp = tmp_path_factory.mktemp("e2e")
-    env = server_env(tmp / "db.sqlite3")
-    prepare_database(env)
-    server = start_daphne(env, tmp / "daphne.log")
-    try:
+    with demo_server(tmp_path_factory.mktemp("e2e")) as server:
         yield server
-    finally:
-        server.stop()
