@@ -25,6 +25,7 @@ RATE_LIMITED = "Too many frames; slow down."
 
 class CallConsumer(AsyncJsonWebsocketConsumer):
     caller: services.Caller | None = None
+    closing = False  # set once this side closed: nothing more may be sent
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every message, from the socket or the channel layer.
@@ -68,8 +69,8 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called for each client frame; every failure is answered to this client only."""
         caller = self.caller
-        if caller is None:
-            return  # unauthenticated and being closed: no event is handled
+        if caller is None or self.closing:
+            return  # unauthenticated, or closed for flooding: no event is handled
         try:
             # Checks in the order of PROTOCOL.md §3: frame size and type, rate, content.
             # Every frame takes a token, so that a flood of bad frames is a flood too.
@@ -120,7 +121,15 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
 
     async def calls_frame(self, message: dict[str, Any]) -> None:
         """Called for a frame that the rules address to this connection."""
-        await self.send(text_data=message["text"])
+        if not self.closing:
+            await self.send(text_data=message["text"])
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close from the server end. Frames still queued for this connection are then
+        dropped: servers refuse a send after the close (uvicorn raises, killing the
+        consumer before it could leave its room)."""
+        self.closing = True
+        await super().close(code=code, reason=reason)
 
     async def calls_close(self, message: dict[str, Any]) -> None:
         """Called when the server must drop this connection (shutdown, or its process

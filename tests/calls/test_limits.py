@@ -98,6 +98,10 @@ async def test_a_flooding_connection_is_closed_with_4429(
     errors = [json.loads(o["text"])["data"]["error"] for o in outputs[:-1]]
     assert set(errors) == {"rate-limited"}
     assert (await other.expect("webrtc:ice-candidate"))["data"]["fromSocketId"] == flooder.socket_id
+    # Until the server's disconnect arrives, frames for the closed socket are dropped, not sent.
+    await other.send("webrtc:ice-candidate", {"callRoomId": "r", "targetSocketId": flooder.socket_id, "candidate": "y"})
+    await other.expect_silence()
+    assert await flooder.communicator.receive_nothing(timeout=0.2)
     await flooder.close()  # the server's disconnect event, as a real server sends it after the close
     left = await other.expect("webrtc:participant-left")
     assert left["data"]["reason"] == "disconnected"
