@@ -36,8 +36,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
@@ -46,12 +44,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.redis_server import RedisServer
-from tests.servers import PROJECT_DIR, Server, free_port, prepare_database, server_env
+from tests.servers import PROJECT_DIR, Server, prepare_database, server_env, start_servers
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOADGEN = BENCH_DIR / "loadgen.mjs"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-STARTUP_TIMEOUT_SECS = 60.0
 MAX_RESTARTS = 4  # fresh servers for one bisection, after overloads left them unusable
 DRAIN_SECS = 30 + 10  # the generator's longest wait for a backlog, then for idle servers
 BENCH_PASSWORD = "bench-pass-123"  # noqa: S105 - throwaway users of a throwaway database
@@ -258,43 +255,13 @@ def server_command(kind: str, port: int) -> list[str]:
     return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
 
 
-def start_servers(kind: str, env: dict[str, str], cores: list[int | None], workdir: Path) -> list[Server]:
-    servers = []
-    try:
-        for i, cpu in enumerate(cores):
-            port = free_port()
-            log_path = workdir / f"{kind}-{i}.log"
-            with log_path.open("wb") as log:
-                process = subprocess.Popen(
-                    taskset(cpu) + server_command(kind, port),
-                    cwd=PROJECT_DIR,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            servers.append(Server(port, process, log_path))
-        for server in servers:
-            wait_until_serving(server)
-            pin(server.process.pid, cores[servers.index(server)])
-    except BaseException:
-        for server in servers:
-            server.stop(signal.SIGKILL)
-        raise
+def start_kind(kind: str, env: dict[str, str], cores: list[int | None], workdir: Path) -> list[Server]:
+    """Start one server of ``kind`` per core entry, pinned to it."""
+    log_paths = [workdir / f"{kind}-{i}.log" for i in range(len(cores))]
+    servers = start_servers(lambda index, port: taskset(cores[index]) + server_command(kind, port), env, log_paths)
+    for server, cpu in zip(servers, cores, strict=True):
+        pin(server.process.pid, cpu)
     return servers
-
-
-def wait_until_serving(server: Server) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_SECS
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{server.http}/healthz", timeout=2) as response:  # noqa: S310
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not start within {STARTUP_TIMEOUT_SECS:.0f}s:\n{server.log()[-4000:]}")
 
 
 # ---------------------------------------------------------------- one run
@@ -374,7 +341,7 @@ def run_one(kind: str, processes: int, scenario: Scenario, options: Options, wor
                 pin(redis.process.pid, cores.redis)
                 extra["REDIS_URL"] = redis.url
             env = server_env(workdir / "db.sqlite3", **extra)
-            servers = start_servers(kind, env, cores.servers, workdir)
+            servers = start_kind(kind, env, cores.servers, workdir)
             for server in servers:
                 stack.callback(server.stop)
             args = loadgen_args(scenario, options, bisect, duration)

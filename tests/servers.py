@@ -10,9 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,27 +84,33 @@ class Server:
                 self.process.wait(STOP_TIMEOUT_SECS)
 
 
+def daphne_command(port: int) -> list[str]:
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+
+
 def start_daphne(env: dict[str, str], log_path: Path) -> Server:
     return start_daphnes(env, [log_path])[0]
 
 
 def start_daphnes(env: dict[str, str], log_paths: list[Path]) -> list[Server]:
     """Start one daphne process per log path, in parallel, and wait until all serve."""
-    servers = []
-    for log_path in log_paths:
-        port = free_port()
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-                cwd=PROJECT_DIR,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        servers.append(Server(port, process, log_path))
+    return start_servers(lambda index, port: daphne_command(port), env, log_paths)
+
+
+def start_servers(command: Callable[[int, int], list[str]], env: dict[str, str], log_paths: list[Path]) -> list[Server]:
+    """Start ``command(index, port)`` once per log path on free ports, in parallel, and
+    wait until every one serves; if one fails, all are killed."""
+    servers: list[Server] = []
     try:
+        for index, log_path in enumerate(log_paths):
+            port = free_port()
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    command(index, port), cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+                )
+            servers.append(Server(port, process, log_path))
         for server in servers:
-            _wait_until_serving(server)
+            wait_until_serving(server)
     except BaseException:
         for server in servers:
             server.stop(signal.SIGKILL)
@@ -113,19 +118,20 @@ def start_daphnes(env: dict[str, str], log_paths: list[Path]) -> list[Server]:
     return servers
 
 
-def _wait_until_serving(server: Server) -> None:
+def wait_until_serving(server: Server) -> None:
+    """Return once ``/healthz`` answers 200; raise with the log's tail if the process
+    exits or does not answer within ``STARTUP_TIMEOUT_SECS``."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECS
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()[-4000:]}")
         try:
-            urllib.request.urlopen(f"{server.http}/api/auth/me/", timeout=1)
-        except urllib.error.HTTPError:
-            return  # 401: Django answers
-        except OSError:
+            with urllib.request.urlopen(f"{server.http}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # URLError included: not listening yet
             time.sleep(0.1)
-    server.stop(signal.SIGKILL)
-    raise RuntimeError(f"server did not start within {STARTUP_TIMEOUT_SECS}s:\n{server.log()}")
+    raise RuntimeError(f"server did not start within {STARTUP_TIMEOUT_SECS:.0f}s:\n{server.log()[-4000:]}")
 
 
 @contextmanager

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import BENCH_DIR, LOADGEN, ensure_node_deps, node, wait_until_serving
-from tests.servers import PROJECT_DIR, Server, free_port
+from bench.run import BENCH_DIR, LOADGEN, ensure_node_deps, node
+from tests.servers import PROJECT_DIR, Server, free_port, wait_until_serving
 
 RUN_TIMEOUT_SECS = 120
 ROOMS, SIZE = 5, 4
