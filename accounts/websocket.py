@@ -35,9 +35,7 @@ T = TypeVar("T")
 
 # Scope keys this module sets; consumers read them.
 ORIGIN_STATE = "calls.origin"  # "allowed" or "absent"
-AUTH_FAILED = "calls.auth_failed"  # True when a credential was presented and rejected
 AUTH_THROTTLED = "calls.auth_throttled"  # True when the address failed too often: close 4429
-CLIENT_ADDRESS = "calls.client_address"
 
 
 class OriginCheck(OriginValidator):
@@ -103,7 +101,7 @@ class WebsocketAuthMiddleware(BaseMiddleware):
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         scope = dict(scope)
-        address = scope[CLIENT_ADDRESS] = client_address(scope)
+        address = client_address(scope)
         throttle = get_throttle()
         if await _fail_open(throttle.blocked(address), False):
             scope[AUTH_THROTTLED] = True
@@ -113,7 +111,6 @@ class WebsocketAuthMiddleware(BaseMiddleware):
         raw = presented_token(scope)
         if raw is not None:
             user = await user_from_token(raw) if raw else None
-            scope[AUTH_FAILED] = user is None
             if user is None:
                 await _fail_open(throttle.record_failure(address), None)
         elif scope.get(ORIGIN_STATE) == "allowed" and "session" in scope:
