@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.redis_server import RedisServer
-from tests.servers import PROJECT_DIR, Server, prepare_database, server_env, start_servers
+from tests.servers import PROJECT_DIR, SERVER_COMMANDS, Server, prepare_database, server_env, start_servers
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOADGEN = BENCH_DIR / "loadgen.mjs"
@@ -248,11 +248,7 @@ def mint_tokens(env: dict[str, str], count: int, path: Path) -> Path:
 def server_command(kind: str, port: int) -> list[str]:
     if kind == "mock":
         return [node(), str(BENCH_DIR / "mock_server.mjs"), "--port", str(port)]
-    if kind == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
-                "--port", str(port), "--ws", "websockets-sansio", "--loop", "uvloop", "--http", "httptools",
-                "--no-access-log", "--log-level", "warning"]  # fmt: skip
-    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
+    return SERVER_COMMANDS[kind](port)
 
 
 def start_kind(kind: str, env: dict[str, str], cores: list[int | None], workdir: Path) -> list[Server]:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+from calls import metrics
+
 
 def allow_going_away_close_under_daphne() -> None:
     """Let daphne close websockets with 1001 (PROTOCOL.md §8: server going away).
@@ -51,3 +56,101 @@ def defer_autobahn_debug_formatting() -> None:
     except ImportError:
         return
     protocol.pformat = _LazyPformat  # type: ignore[assignment]
+
+
+# Frames queued for one connection's consumer before daphne stops reading its socket. A
+# newcomer to a full room sends ~315 frames at once; reading resumes long before the
+# consumer gets through 64 of them, so the pause costs that burst nothing, while a
+# client that outruns the server waits in its own buffers, not in this process.
+INBOUND_HIGH_WATER = 64
+INBOUND_LOW_WATER = 16
+
+
+class _WriteFlow:
+    """Twisted's producer interface for one websocket's write buffer: the transport
+    calls ``pauseProducing`` when more than 64 KiB wait to be written to the socket and
+    ``resumeProducing`` when they are written. Sends wait while it is paused."""
+
+    __slots__ = ("writable",)
+
+    def __init__(self) -> None:
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pauseProducing(self) -> None:
+        self.writable.clear()
+
+    def resumeProducing(self) -> None:
+        self.writable.set()
+
+    def stopProducing(self) -> None:
+        self.writable.set()
+
+
+def add_flow_control_under_daphne() -> None:
+    """Give daphne the flow control uvicorn has, in both directions.
+
+    daphne queues every frame a client sends for the consumer without bound, and writes
+    every frame the consumer sends into a buffer without bound: a client sending faster
+    than the server can relay grew the process by hundreds of MB in the benchmark, and a
+    client that stops reading would grow it until memory ran out.
+
+    - Inbound: past ``INBOUND_HIGH_WATER`` queued frames daphne stops reading that
+      socket (TCP pushes back on the client) until the consumer is down to
+      ``INBOUND_LOW_WATER``.
+    - Outbound: while the socket's write buffer is over 64 KiB, the consumer's send
+      waits. Its channel then fills, and senders get ``internal-error`` ("the recipient
+      is not keeping up") instead of the server buffering for the stalled client.
+    """
+    try:
+        from daphne.server import Server
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:
+        return
+    if getattr(WebSocketProtocol.onMessage, "flow_controlled", False):
+        return
+    original_on_message = WebSocketProtocol.onMessage
+    original_on_open = WebSocketProtocol.onOpen
+    original_handle_reply = Server.handle_reply
+
+    def on_open(self: WebSocketProtocol) -> None:
+        original_on_open(self)
+        flow = _WriteFlow()
+        # The HTTP channel that handed this socket over to the websocket is still
+        # registered as its producer, and has no more use for it.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(flow, True)
+        self.calls_write_flow = flow
+
+    def on_message(self: WebSocketProtocol, payload: bytes, is_binary: bool) -> None:
+        original_on_message(self, payload, is_binary)
+        queue = self.application_queue
+        if queue.qsize() < INBOUND_HIGH_WATER or getattr(self, "calls_reading_paused", False):
+            return
+        self.calls_reading_paused = True
+        self.transport.pauseProducing()
+        metrics.BACKPRESSURE.labels("inbound").inc()
+        if "get_nowait" not in vars(queue):
+            take = queue.get_nowait
+
+            # asyncio.Queue.get() ends in self.get_nowait(), so this sees every take.
+            def get_nowait() -> Any:
+                item = take()
+                if self.calls_reading_paused and queue.qsize() <= INBOUND_LOW_WATER:
+                    self.calls_reading_paused = False
+                    self.transport.resumeProducing()
+                return item
+
+            queue.get_nowait = get_nowait
+
+    async def handle_reply(self: Server, protocol: WebSocketProtocol, message: dict) -> None:
+        flow = getattr(protocol, "calls_write_flow", None)
+        if flow is not None and not flow.writable.is_set() and message.get("type") == "websocket.send":
+            metrics.BACKPRESSURE.labels("outbound").inc()
+            await flow.writable.wait()
+        await original_handle_reply(self, protocol, message)
+
+    on_message.flow_controlled = True  # type: ignore[attr-defined]
+    WebSocketProtocol.onOpen = on_open
+    WebSocketProtocol.onMessage = on_message
+    Server.handle_reply = handle_reply

@@ -7,12 +7,17 @@ Figures are from ``python -m bench.relay`` and the issue-7 measurements.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, _wrap_close
+
+from calls import metrics
+
+logger = logging.getLogger("calls")
 
 SWEEP_INTERVAL_SECS = 1.0
 LOCAL_CAPACITY = 100  # messages queued for one connection, as InMemoryChannelLayer's default
@@ -44,7 +49,27 @@ class SignalingInMemoryChannelLayer(InMemoryChannelLayer):
             super()._clean_expired()
 
 
+class _BoundedInbox(asyncio.Queue):
+    """A connection's queue of messages from other processes, which channels_redis
+    keeps without bound. Past ``LOCAL_CAPACITY`` its client has stopped reading for
+    a long while (the server's flow control holds its consumer back): further messages
+    are dropped and counted rather than kept until the process runs out of memory. A
+    publisher in another process cannot be told; one in this process gets ChannelFull
+    (``internal-error``) instead, as on the in-memory layer."""
+
+    def put_nowait(self, item: Any) -> None:
+        if self.qsize() >= LOCAL_CAPACITY:
+            metrics.DROPPED.inc()
+            logger.warning("inbox full, message from another process dropped")
+            return
+        super().put_nowait(item)
+
+
 class _LocalFirstLoopLayer(RedisPubSubLoopLayer):
+    async def _subscribe_to_channel(self, channel: str) -> None:
+        self.channels[channel] = _BoundedInbox()
+        await self._get_shard(channel).subscribe(channel)
+
     async def send(self, channel: str, message: dict) -> None:
         queue = self.channels.get(channel)
         if queue is None:

@@ -14,6 +14,14 @@ RELAYED = Counter("calls_relayed_messages", "Messages relayed, by event", ["even
 ERRORS = Counter("calls_signaling_errors", "Signaling errors answered, by code", ["code"])
 RATE_LIMITED = Counter("calls_rate_limited_frames", "Frames dropped by the per-connection rate limit")
 AUTH_REFUSED = Counter("calls_auth_refused", "Websocket handshakes refused, by close code", ["code"])
+BACKPRESSURE = Counter(
+    "calls_backpressure",
+    "Times a connection was held back: inbound = socket reading paused, outbound = send waited",
+    ["direction"],
+)
+DROPPED = Counter(
+    "calls_dropped_messages", "Messages from other processes dropped for a connection that stopped reading"
+)
 LOST = Counter("calls_participants_lost", "Participants removed because their process died")
 JOIN_SECONDS = Histogram(
     "calls_join_seconds",

@@ -13,12 +13,17 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 
 from accounts.websocket import OriginCheck, WebsocketAuthMiddleware  # noqa: E402
-from calls.compat import allow_going_away_close_under_daphne, defer_autobahn_debug_formatting  # noqa: E402
+from calls.compat import (  # noqa: E402
+    add_flow_control_under_daphne,
+    allow_going_away_close_under_daphne,
+    defer_autobahn_debug_formatting,
+)
 from calls.lifecycle import ServerLifecycle  # noqa: E402
 from calls.routing import websocket_urlpatterns  # noqa: E402
 
 allow_going_away_close_under_daphne()
 defer_autobahn_debug_formatting()
+add_flow_control_under_daphne()
 
 application = ServerLifecycle(
     ProtocolTypeRouter(

@@ -88,8 +88,14 @@ def daphne_command(port: int) -> list[str]:
     return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"]
 
 
-def start_daphne(env: dict[str, str], log_path: Path) -> Server:
-    return start_daphnes(env, [log_path])[0]
+def uvicorn_command(port: int) -> list[str]:
+    """uvicorn as README documents it (the benchmark's second server)."""
+    return [sys.executable, "-m", "uvicorn", "config.asgi:application", "--host", "127.0.0.1",
+            "--port", str(port), "--ws", "websockets-sansio", "--loop", "uvloop", "--http", "httptools",
+            "--no-access-log", "--log-level", "warning"]  # fmt: skip
+
+
+SERVER_COMMANDS: dict[str, Callable[[int], list[str]]] = {"daphne": daphne_command, "uvicorn": uvicorn_command}
 
 
 def start_daphnes(env: dict[str, str], log_paths: list[Path]) -> list[Server]:
@@ -135,11 +141,13 @@ def wait_until_serving(server: Server) -> None:
 
 
 @contextmanager
-def demo_server(workdir: Path, **extra_env: str) -> Iterator[Server]:
-    """One daphne process on a fresh database with the demo users; stopped after."""
+def demo_server(workdir: Path, kind: str = "daphne", **extra_env: str) -> Iterator[Server]:
+    """One server process (daphne or uvicorn) on a fresh database with the demo users;
+    stopped after."""
     env = server_env(workdir / "db.sqlite3", **extra_env)
     prepare_database(env)
-    server = start_daphne(env, workdir / "daphne.log")
+    command = SERVER_COMMANDS[kind]
+    [server] = start_servers(lambda index, port: command(port), env, [workdir / f"{kind}.log"])
     try:
         yield server
     finally:
