@@ -29,6 +29,7 @@ from calls.ice import ice_servers_for
 from calls.presence import get_presence
 from calls.presence.base import (
     Departure,
+    JoinOutcome,
     JoinStatus,
     Member,
     Participant,
@@ -149,20 +150,28 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
 
 async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     """Rules 1 and 2: create or join a room, leaving the current one first."""
-    group_ids = await database_sync_to_async(group_ids_of_user)(user_id=int(caller.user_id))
     requested_group = (request.metadata or {}).get("groupId")
-
     me = caller.participant()
     metadata = dict(request.metadata or {})
     # The server's keys win over the creator's keys of the same name (PROTOCOL.md §4).
     metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
     proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
-    outcome = await get_presence().join(
-        new_session=proposal,
-        member=Member(me, caller.channel_name),
-        capacity=settings.CALLS_MAX_PARTICIPANTS,
-        group_ids=group_ids,
-    )
+
+    async def join(group_ids: frozenset[str] | None) -> JoinOutcome:
+        return await get_presence().join(
+            new_session=proposal,
+            member=Member(me, caller.channel_name),
+            capacity=settings.CALLS_MAX_PARTICIPANTS,
+            group_ids=group_ids,
+        )
+
+    # The user's groups cost a thread hop and a query: look them up only when this join
+    # names a group or presence says the room has one (S1 on daphne: join p50 2.4 -> 1.2
+    # ms, about 0.5 ms less CPU per join).
+    groups_of_user = database_sync_to_async(group_ids_of_user)
+    outcome = await join(None if requested_group is None else await groups_of_user(user_id=int(caller.user_id)))
+    if outcome.status is JoinStatus.GROUPS_NEEDED:
+        outcome = await join(await groups_of_user(user_id=int(caller.user_id)))
     if outcome.status is JoinStatus.FORBIDDEN:
         raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
     if outcome.status is JoinStatus.FULL:

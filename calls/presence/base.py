@@ -61,6 +61,7 @@ class JoinStatus(Enum):
     ALREADY_IN_ROOM = "already-in-room"
     FORBIDDEN = "forbidden"  # the room is linked to a group the joiner is not in
     FULL = "full"
+    GROUPS_NEEDED = "groups-needed"  # the join needs the joiner's groups, which were not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +134,7 @@ class Presence(abc.ABC):
         new_session: RoomSession,
         member: Member,
         capacity: int,
-        group_ids: frozenset[str],
+        group_ids: frozenset[str] | None,
     ) -> JoinOutcome:
         """Put ``member`` in ``new_session.room_id``.
 
@@ -143,6 +144,9 @@ class Presence(abc.ABC):
         the join would create the room) answers ``FORBIDDEN``, a room with ``capacity``
         members ``FULL``, and both change nothing. A member already in the room gets
         ``ALREADY_IN_ROOM``; one in another room is moved (``previous``).
+
+        ``group_ids=None`` means the joiner's groups were not looked up: a join that
+        needs them answers ``GROUPS_NEEDED`` and changes nothing.
         """
 
     @abc.abstractmethod

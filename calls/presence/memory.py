@@ -35,7 +35,7 @@ class InMemoryPresence(Presence):
         new_session: RoomSession,
         member: Member,
         capacity: int,
-        group_ids: frozenset[str],
+        group_ids: frozenset[str] | None,
     ) -> JoinOutcome:
         room_id = new_session.room_id
         socket_id = member.participant.socket_id
@@ -43,12 +43,12 @@ class InMemoryPresence(Presence):
         if room is not None:
             if socket_id in room.members:
                 return JoinOutcome(JoinStatus.ALREADY_IN_ROOM, room.session, tuple(room.members.values()))
-            if room.session.group_id is not None and room.session.group_id not in group_ids:
-                return JoinOutcome(JoinStatus.FORBIDDEN)
+            if refusal := _group_refusal(room.session.group_id, group_ids):
+                return JoinOutcome(refusal)
             if len(room.members) >= capacity:
                 return JoinOutcome(JoinStatus.FULL)
-        elif new_session.group_id is not None and new_session.group_id not in group_ids:
-            return JoinOutcome(JoinStatus.FORBIDDEN)
+        elif refusal := _group_refusal(new_session.group_id, group_ids):
+            return JoinOutcome(refusal)
         previous_room = self._room_of.get(socket_id)
         previous = self._remove(previous_room, socket_id) if previous_room else None
         status = JoinStatus.JOINED
@@ -95,3 +95,11 @@ class InMemoryPresence(Presence):
         if member is None:
             return Route(RouteStatus.TARGET_NOT_IN_ROOM)
         return Route(RouteStatus.OK, (member.channel_name,))
+
+
+def _group_refusal(group_id: str | None, group_ids: frozenset[str] | None) -> JoinStatus | None:
+    if group_id is None:
+        return None
+    if group_ids is None:
+        return JoinStatus.GROUPS_NEEDED
+    return None if group_id in group_ids else JoinStatus.FORBIDDEN

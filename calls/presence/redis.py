@@ -85,7 +85,8 @@ local function remove(room, sock, server)
 end
 """
 
-# ARGV: prefix, room, session, group, socket, participant, channel, capacity, groups(,), server
+# ARGV: prefix, room, session, group, socket, participant, channel, capacity,
+#       groups (comma-separated; '?' when not looked up), server
 _JOIN = (
     _LUA_HELPERS
     + """
@@ -93,22 +94,26 @@ local room, sock, server = ARGV[2], ARGV[5], ARGV[10]
 local key, order, members, channels = room_keys(room)
 local current = redis.call('GET', P .. 'socket:' .. sock)
 local exists = redis.call('EXISTS', key) == 1
-local function admitted(group)
-  if not group or group == '' then return true end
+-- false if the joiner may enter a room linked to group; else why not
+local function refusal(group)
+  if not group or group == '' then return false end
+  if ARGV[9] == '?' then return 'groups-needed' end
   for id in string.gmatch(ARGV[9], '[^,]+') do
-    if id == group then return true end
+    if id == group then return false end
   end
-  return false
+  return 'forbidden'
 end
 if exists then
   if current == room then
     local ids, ps, chs = members_of(room)
     return {'already-in-room', redis.call('HGET', key, 'session'), ids, ps, chs}
   end
-  if not admitted(redis.call('HGET', key, 'group')) then return {'forbidden'} end
+  local refused = refusal(redis.call('HGET', key, 'group'))
+  if refused then return {refused} end
   if redis.call('ZCARD', order) >= tonumber(ARGV[8]) then return {'full'} end
-elseif not admitted(ARGV[4]) then
-  return {'forbidden'}
+else
+  local refused = refusal(ARGV[4])
+  if refused then return {refused} end
 end
 local previous = false
 if current then previous = remove(current, sock, server) end
@@ -301,7 +306,7 @@ class RedisPresence(Presence):
         new_session: RoomSession,
         member: Member,
         capacity: int,
-        group_ids: frozenset[str],
+        group_ids: frozenset[str] | None,
     ) -> JoinOutcome:
         if not self._registered:
             await self.heartbeat()  # hold a lease before owning members, or a peer could reap them
@@ -318,12 +323,12 @@ class RedisPresence(Presence):
                 _participant_json(member.participant),
                 member.channel_name,
                 capacity,
-                ",".join(sorted(group_ids)),
+                "?" if group_ids is None else ",".join(sorted(group_ids)),
                 self.server_id,
             ]
         )
         status = JoinStatus(reply[0].decode())
-        if status in (JoinStatus.FORBIDDEN, JoinStatus.FULL):
+        if status in (JoinStatus.FORBIDDEN, JoinStatus.FULL, JoinStatus.GROUPS_NEEDED):
             return JoinOutcome(status)
         session = _session_from(reply[1])
         members = _members_from(reply[3], reply[4])

@@ -108,6 +108,23 @@ async def test_a_group_room_admits_its_members_only(presence: Presence) -> None:
     assert socket_ids(await presence.members(room_id="room")) == ["a", "c"]
 
 
+async def test_a_join_without_the_joiners_groups_is_asked_for_them_only_where_a_group_matters(
+    presence: Presence,
+) -> None:
+    """Tests that ``group_ids=None`` joins a room without a group, and that creating or
+    joining a group's room then answers GROUPS_NEEDED and changes nothing."""
+    assert (await join(presence, "a", "open", group_ids=None)).status is JoinStatus.CREATED
+    assert (await join(presence, "b", "open", group_ids=None)).status is JoinStatus.JOINED
+    creating = await presence.join(new_session=session(group_id="7"), member=member("c"), capacity=16, group_ids=None)
+    assert creating.status is JoinStatus.GROUPS_NEEDED
+    assert await presence.members(room_id="room") == ()
+    assert await presence.room_of(socket_id="c") is None
+    await presence.join(new_session=session(group_id="7"), member=member("c"), capacity=16, group_ids=frozenset("7"))
+    assert (await join(presence, "b", group_ids=None)).status is JoinStatus.GROUPS_NEEDED
+    assert await presence.room_of(socket_id="b") == "open"
+    assert socket_ids(await presence.members(room_id="room")) == ["c"]
+
+
 async def test_creating_a_room_for_a_group_one_is_not_in_is_forbidden(presence: Presence) -> None:
     outcome = await presence.join(new_session=session(group_id="7"), member=member("a"), capacity=16, group_ids=ANYONE)
     assert outcome.status is JoinStatus.FORBIDDEN
