@@ -6,15 +6,17 @@ A thin consumer: check the raw frame, parse it with ``calls.protocol``, apply it
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 from channels.consumer import get_handler_name
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
 from accounts.websocket import AUTH_THROTTLED
-from calls import metrics, protocol, services
+from calls import delivery, metrics, protocol, services
 from calls.limits import FrameLimiter, Verdict
 from calls.protocol import CloseCode, ErrorCode, Event, SignalingError
 
@@ -27,8 +29,56 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
     caller: services.Caller | None = None
     closing = False  # set once this side closed: nothing more may be sent
 
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Channels' consumer loop, reading the connection's mailbox (``calls.delivery``)
+        instead of a channel-layer channel: one queue holds, in arrival order, the
+        client's frames and what the rules address to this connection. That keeps
+        Channels' order (the reply to a frame goes out before anything that arrived
+        while it was handled) without a task per message or a channel per connection.
+        """
+        self.scope = scope
+        self.channel_layer = None
+        self.base_send = send
+        self.mailbox = delivery.Mailbox()
+        handled = asyncio.Event()
+        pump = asyncio.get_running_loop().create_task(self._pump(receive, handled))
+        try:
+            while True:
+                item = await self.mailbox.get()
+                if type(item) is str:
+                    if not self.closing:
+                        await self.send(text_data=item)
+                elif type(item) is int:
+                    await self.close(code=item)
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    await self.dispatch(item)
+                    handled.set()
+        except StopConsumer:
+            pass
+        finally:
+            pump.cancel()
+
+    async def _pump(self, receive: Any, handled: asyncio.Event) -> None:
+        """Move the client's messages into the mailbox, one at a time: the next is
+        taken from the server only once this one is handled, so that the server's flow
+        control still holds back a client that sends faster than it is served."""
+        try:
+            while True:
+                message = await receive()
+                handled.clear()
+                self.mailbox.put(message)
+                if message["type"] == "websocket.disconnect":
+                    return
+                await handled.wait()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # let the consumer loop fail as Channels' would
+            self.mailbox.put(exc)
+
     async def dispatch(self, message: dict[str, Any]) -> None:
-        """Called for every message, from the socket or the channel layer.
+        """Called for every message from the socket.
 
         Channels' own dispatch first closes stale database connections, a hop to a
         thread and back for every frame (150-180 µs of a relay that otherwise costs
@@ -51,14 +101,9 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=code)
             return
         self.limiter = FrameLimiter(rate=settings.CALLS_RATE_LIMIT, burst=settings.CALLS_RATE_BURST)
-        self.caller = services.Caller(
-            socket_id=services.new_socket_id(),
-            channel_name=self.channel_name,
-            user_id=str(user.pk),
-            username=user.username,
-            display_name=user.shown_name,
+        self.caller = await services.connection_opened(
+            self.mailbox, user_id=str(user.pk), username=user.username, display_name=user.shown_name
         )
-        services.connection_opened(self.caller)
         await self.send(
             text_data=protocol.encode_frame(
                 Event.CONNECTED, {"socketId": self.caller.socket_id, "userId": self.caller.user_id}
@@ -119,22 +164,12 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             )
         return None
 
-    async def calls_frame(self, message: dict[str, Any]) -> None:
-        """Called for a frame that the rules address to this connection."""
-        if not self.closing:
-            await self.send(text_data=message["text"])
-
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
-        """Close from the server end. Frames still queued for this connection are then
-        dropped: servers refuse a send after the close (uvicorn raises, killing the
-        consumer before it could leave its room)."""
+        """Close from the server end. Frames still in the mailbox are then dropped:
+        servers refuse a send after the close (uvicorn raises, killing the consumer
+        before it could leave its room)."""
         self.closing = True
         await super().close(code=code, reason=reason)
-
-    async def calls_close(self, message: dict[str, Any]) -> None:
-        """Called when the server must drop this connection (shutdown, or its process
-        was evicted)."""
-        await self.close(code=message["code"])
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, whoever closed it: leave the room."""

@@ -2,15 +2,14 @@
 
 No websocket code: a transport parses a frame into a ``protocol.ParsedRequest``, calls
 ``handle_request`` with the ``Caller`` it holds for the connection, and sends back the
-reply text it returns. Everything addressed to other participants goes to their
-channels through the channel layer, one channel per recipient: SDP and candidates
-reveal addresses and must reach only their target, never a group that filters.
+reply text it returns. Everything addressed to other participants goes to each
+recipient's own address through ``calls.delivery``: SDP and candidates reveal
+network addresses and must reach only their target, never a group that filters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import uuid
@@ -18,12 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.db import database_sync_to_async
-from channels.exceptions import ChannelFull
-from channels.layers import get_channel_layer
 from django.conf import settings
 from msgspec import UNSET
 
-from calls import history, metrics
+from calls import delivery, history, metrics
 from calls.history import RelayCounts
 from calls.ice import ice_servers_for
 from calls.presence import get_presence
@@ -56,10 +53,6 @@ from groups.selectors import group_ids_of_user
 
 logger = logging.getLogger("calls")
 
-# Channel-layer messages a transport must handle: {"type": DELIVER_TYPE, "text": frame}
-# sends the frame; {"type": CLOSE_TYPE, "code": code} closes the connection.
-DELIVER_TYPE = "calls.frame"
-CLOSE_TYPE = "calls.close"
 CLOSED_LEAVE_RETRY_SECS = 1.0  # how often a leave that failed for a presence outage is retried
 CLOSED_LEAVE_RETRY_LIMIT = 3600  # …and for how many attempts at most
 
@@ -82,7 +75,7 @@ class Caller:
     """What the rules need to know of one connection, whatever its transport."""
 
     socket_id: str
-    channel_name: str
+    channel_name: str  # its address in calls.delivery
     user_id: str
     username: str
     display_name: str
@@ -107,9 +100,13 @@ metrics.ROOMS.set_function(lambda: len({c.room_id for c in _connections.values()
 _RELAYED = {event: metrics.RELAYED.labels(event.value) for event in (Event.OFFER, Event.ANSWER, Event.ICE_CANDIDATE)}
 
 
-def connection_opened(caller: Caller) -> None:
-    """A transport accepted an authenticated connection."""
-    _connections[caller.socket_id] = caller
+async def connection_opened(mailbox: delivery.Mailbox, *, user_id: str, username: str, display_name: str) -> Caller:
+    """A transport accepted an authenticated connection; it reads ``mailbox`` for what
+    the rules address to it (frames, and close codes)."""
+    socket_id = new_socket_id()
+    caller = Caller(socket_id, await delivery.open_mailbox(socket_id, mailbox), user_id, username, display_name)
+    _connections[socket_id] = caller
+    return caller
 
 
 def open_connections() -> list[Caller]:
@@ -198,7 +195,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
         announcement = encode_frame(
             Event.PARTICIPANT_JOINED, {"callRoomId": request.callRoomId, "participant": me.wire()}
         )
-        await _deliver([m.channel_name for m in others], announcement)
+        await delivery.deliver([m.channel_name for m in others], announcement)
         logger.info(
             "join room=%s %s count=%d created=%s",
             request.callRoomId,
@@ -229,6 +226,7 @@ async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
 async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
     """Rule 4: a closed connection leaves its room. If presence is unreachable, the
     leave is retried in the background until it is, so that no ghost stays behind."""
+    delivery.close_mailbox(caller.socket_id)
     if _connections.pop(caller.socket_id, None) is not None and not _connections and _all_closed is not None:
         _all_closed.set()
     try:
@@ -307,11 +305,8 @@ async def shut_down_connections(timeout_secs: float) -> None:
 
 
 async def close_connections(channels: list[str], code: int = CloseCode.GOING_AWAY) -> None:
-    """Ask the transports holding these channels to close their connections."""
-    layer = get_channel_layer()
-    for channel in channels:
-        with contextlib.suppress(Exception):
-            await layer.send(channel, {"type": CLOSE_TYPE, "code": code})
+    """Ask the transports holding these addresses to close their connections."""
+    await delivery.close(channels, code)
 
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
@@ -332,7 +327,7 @@ async def _announce_departure(departure: Departure, reason: LeaveReason) -> None
         Event.PARTICIPANT_LEFT,
         {"callRoomId": departure.session.room_id, "participant": departure.participant.wire(), "reason": reason.value},
     )
-    await _deliver([m.channel_name for m in departure.remaining], frame)
+    await delivery.deliver([m.channel_name for m in departure.remaining], frame)
 
 
 def _persist(write: Any, **kwargs: Any) -> None:
@@ -360,7 +355,7 @@ async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
         raise SignalingError(ErrorCode.PARTICIPANT_NOT_FOUND, PARTICIPANT_NOT_FOUND)
 
     event, data = _relayed(caller, request)
-    undelivered = await _deliver(route.channels, encode_frame(event, data))
+    undelivered = await delivery.deliver(route.channels, encode_frame(event, data))
     if undelivered and target is not None:
         raise SignalingError(ErrorCode.INTERNAL_ERROR, RECIPIENT_BUSY)
     caller.counts.add(event)
@@ -391,20 +386,3 @@ def _relayed(caller: Caller, request: Offer | Answer | IceCandidate) -> tuple[Ev
     if request.sdpMLineIndex is not UNSET:
         data["sdpMLineIndex"] = request.sdpMLineIndex
     return event, data
-
-
-async def _deliver(channels: list[str] | tuple[str, ...], text: str) -> int:
-    """Send one encoded frame to each channel; return how many could not take it."""
-    layer = get_channel_layer()
-    message = {"type": DELIVER_TYPE, "text": text}
-    undelivered = 0
-    for channel in channels:
-        try:
-            await layer.send(channel, message)
-        except ChannelFull:
-            undelivered += 1
-            logger.warning("channel full, frame dropped channel=%s", channel)
-        except Exception as exc:  # the layer's backend is unreachable
-            undelivered += 1
-            logger.warning("frame not delivered channel=%s: %s", channel, exc)
-    return undelivered

@@ -133,7 +133,7 @@ SIMPLE_JWT = {
 REDIS_URL = env_str("REDIS_URL") or None
 REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER") or "pubsub"
 _REDIS_LAYERS = {
-    "pubsub": "calls.layers.LocalFirstRedisPubSubChannelLayer",
+    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 if REDIS_CHANNEL_LAYER not in _REDIS_LAYERS:
@@ -150,7 +150,8 @@ if REDIS_URL:
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "calls.layers.SignalingInMemoryChannelLayer"}}
+    # One process: frames never leave it (calls/delivery.py), the layer is only checked by /readyz.
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # Signaling settings: names and defaults are those of PROTOCOL.md §7.
 CALLS_MAX_PARTICIPANTS = env_int("CALLS_MAX_PARTICIPANTS", 16, minimum=1)

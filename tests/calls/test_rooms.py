@@ -437,6 +437,7 @@ async def test_after_the_last_leave_the_room_id_starts_a_new_session(
     assert after["metadata"]["topic"] == "second"
     assert after["metadata"]["createdBy"] == str(bob.pk)
     assert after["metadata"]["createdAt"] >= before["metadata"]["createdAt"]
+    await history_written()
     sessions = await database_sync_to_async(list)(CallRoom.objects.filter(room_id="r").order_by("pk"))
     assert [session.created_by_id for session in sessions] == [alice.pk, bob.pk]
     assert sessions[0].ended_at is not None

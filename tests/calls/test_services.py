@@ -7,10 +7,10 @@ import json
 from typing import Any
 
 import pytest
-from channels.layers import get_channel_layer
 
 from accounts.models import User
 from calls import services
+from calls.delivery import Mailbox
 from calls.history import RelayCounts
 from calls.presence import get_presence
 from calls.protocol import ErrorCode, Event, LeaveReason, Request, SignalingError, parse_frame
@@ -25,15 +25,17 @@ uses_database = pytest.mark.django_db(transaction=True)
 # ---------------------------------------------------------------------------
 
 
+_mailboxes: dict[str, Mailbox] = {}
+
+
 async def caller_for(user: User) -> services.Caller:
-    """A connection of ``user`` whose frames land on a fresh channel of the layer."""
-    return services.Caller(
-        socket_id=services.new_socket_id(),
-        channel_name=await get_channel_layer().new_channel(),
-        user_id=str(user.pk),
-        username=user.username,
-        display_name=user.shown_name,
+    """A connection of ``user`` whose frames land in a mailbox the test reads."""
+    mailbox = Mailbox()
+    caller = await services.connection_opened(
+        mailbox, user_id=str(user.pk), username=user.username, display_name=user.shown_name
     )
+    _mailboxes[caller.socket_id] = mailbox
+    return caller
 
 
 def request(event: Event, **data: Any) -> Request:
@@ -42,15 +44,14 @@ def request(event: Event, **data: Any) -> Request:
 
 async def delivered(caller: services.Caller) -> dict[str, Any]:
     """The next frame the services addressed to ``caller``."""
-    message = await asyncio.wait_for(get_channel_layer().receive(caller.channel_name), RECEIVE_TIMEOUT_SECS)
-    assert message["type"] == services.DELIVER_TYPE
-    return json.loads(message["text"])
+    text = await asyncio.wait_for(_mailboxes[caller.socket_id].get(), RECEIVE_TIMEOUT_SECS)
+    return json.loads(text)
 
 
 async def nothing_delivered(*callers: services.Caller) -> None:
     async def _watch(caller: services.Caller) -> None:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(get_channel_layer().receive(caller.channel_name), SILENCE_SECS)
+            await asyncio.wait_for(_mailboxes[caller.socket_id].get(), SILENCE_SECS)
 
     await asyncio.gather(*(_watch(caller) for caller in callers))
 

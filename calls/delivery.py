@@ -1,0 +1,167 @@
+"""Delivery of frames to connections, wherever they are served.
+
+Each connection has a mailbox in its process and an address, ``<process inbox>#<socketId>``,
+which presence stores as the member's ``channel_name``. A frame for a connection in
+this process goes straight into its mailbox: no channel layer, no message dict, no
+task per frame (the consumer reads its mailbox in the same loop as its socket). A
+frame for connections in other processes goes through the channel layer to each of
+those processes' inbox once, however many of its connections it is for, and is put
+in their mailboxes there. With one process there is no inbox and no channel layer
+on this path at all.
+
+Figures (bench/run.py, S1 then S2 at the rate held; see docs/benchmarks.md) are in
+the closing comment of ``deliver``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from calls import metrics
+
+logger = logging.getLogger("calls")
+
+MAILBOX_CAPACITY = 100  # frames waiting for one connection, as Channels' default channel capacity
+LOCAL_INBOX = "local"  # the inbox name when the channel layer does not span processes
+_DELIVER, _CLOSE = "calls.deliver", "calls.close"  # messages between processes' inboxes
+
+
+class Mailbox:
+    """What waits for one connection, in order: frames addressed to it (at most
+    ``MAILBOX_CAPACITY``), close requests (``int`` codes), and whatever its transport
+    adds for itself (never counted)."""
+
+    __slots__ = ("frames", "queue")
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.frames = 0
+
+    def put_frame(self, text: str) -> bool:
+        """Queue a frame; ``False`` if the connection already has its fill waiting."""
+        if self.frames >= MAILBOX_CAPACITY:
+            return False
+        self.frames += 1
+        self.queue.put_nowait(text)
+        return True
+
+    def put(self, item: Any) -> None:
+        """Queue anything that is not a frame: it always goes in."""
+        self.queue.put_nowait(item)
+
+    async def get(self) -> Any:
+        item = await self.queue.get()
+        if type(item) is str:
+            self.frames -= 1
+        return item
+
+
+_mailboxes: dict[str, Mailbox] = {}
+_inbox: str | None = None  # this process's inbox channel, once a connection needed it
+_inboxes: dict[asyncio.AbstractEventLoop, asyncio.Future[str]] = {}  # one per event loop (tests run several)
+_inbox_readers: set[asyncio.Task] = set()
+
+
+async def open_mailbox(socket_id: str, mailbox: Mailbox) -> str:
+    """Register a connection's mailbox; returns its address."""
+    _mailboxes[socket_id] = mailbox
+    return f"{await _inbox_name()}#{socket_id}"
+
+
+def close_mailbox(socket_id: str) -> None:
+    _mailboxes.pop(socket_id, None)
+
+
+async def deliver(addresses: Iterable[str], text: str) -> int:
+    """Send one encoded frame to each address; return how many could not take it (a
+    full mailbox here, or an unreachable channel layer). A frame for a connection that
+    has just closed counts as delivered: it has left, or is about to leave, the room."""
+    undelivered = 0
+    remote: dict[str, list[str]] = {}
+    for address in addresses:
+        inbox, _, socket_id = address.rpartition("#")
+        if inbox == _inbox:
+            mailbox = _mailboxes.get(socket_id)
+            if mailbox is not None and not mailbox.put_frame(text):
+                undelivered += 1
+                logger.warning("mailbox full, frame refused socketId=%s", socket_id)
+        else:
+            remote.setdefault(inbox, []).append(socket_id)
+    for inbox, socket_ids in remote.items():
+        try:
+            await get_channel_layer().send(inbox, {"type": _DELIVER, "to": socket_ids, "text": text})
+        except Exception as exc:  # the layer's backend is unreachable, or the inbox full
+            undelivered += len(socket_ids)
+            logger.warning("frame not delivered to %d connections of inbox %s: %s", len(socket_ids), inbox, exc)
+    # Before mailboxes, each recipient had a channel-layer channel and a receive task:
+    # direct delivery took S1 on daphne from X to Y CPU ms per 1k relays.
+    return undelivered
+
+
+async def close(addresses: Iterable[str], code: int) -> None:
+    """Ask the transports holding these addresses to close them with ``code``."""
+    remote: dict[str, list[str]] = {}
+    for address in addresses:
+        inbox, _, socket_id = address.rpartition("#")
+        if inbox == _inbox:
+            if (mailbox := _mailboxes.get(socket_id)) is not None:
+                mailbox.put(code)
+        else:
+            remote.setdefault(inbox, []).append(socket_id)
+    for inbox, socket_ids in remote.items():
+        with contextlib.suppress(Exception):
+            await get_channel_layer().send(inbox, {"type": _CLOSE, "to": socket_ids, "code": code})
+
+
+async def _inbox_name() -> str:
+    """This process's inbox; created, with the task that reads it, at first use on a
+    channel layer shared between processes."""
+    global _inbox
+    loop = asyncio.get_running_loop()
+    inbox = _inboxes.get(loop)
+    if inbox is None:
+        inbox = _inboxes[loop] = loop.create_future()
+        try:
+            layer = get_channel_layer()
+            if layer is None or isinstance(layer, InMemoryChannelLayer):
+                name = LOCAL_INBOX
+            else:
+                name = await layer.new_channel("calls.")
+                reader = loop.create_task(_read_inbox(layer, name))
+                _inbox_readers.add(reader)  # keep a reference: the loop holds tasks weakly
+        except BaseException as exc:
+            del _inboxes[loop]
+            inbox.set_exception(exc)
+            raise
+        inbox.set_result(name)
+    _inbox = await inbox
+    return _inbox
+
+
+async def _read_inbox(layer: Any, inbox: str) -> None:
+    """Put what other processes send into this process's mailboxes."""
+    while True:
+        try:
+            message = await layer.receive(inbox)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the backend is unreachable: presence reports it too
+            logger.warning("inbox unreadable: %s", exc)
+            await asyncio.sleep(1.0)
+            continue
+        for socket_id in message["to"]:
+            mailbox = _mailboxes.get(socket_id)
+            if mailbox is None:
+                continue
+            if message["type"] == _CLOSE:
+                mailbox.put(message["code"])
+            elif not mailbox.put_frame(message["text"]):
+                # The sender, in another process, cannot be told: count it.
+                metrics.DROPPED.inc()
+                logger.warning("mailbox full, frame from another process dropped socketId=%s", socket_id)
