@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import secrets
 import signal
 import sqlite3
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -233,3 +236,52 @@ async def test_an_unreachable_redis_gives_internal_errors_then_signaling_recover
     carol = await connect_to(cluster, clients, 2, "carol")
     joined = await carol.join("outage")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
+
+
+async def test_frames_for_a_stalled_client_on_another_process_are_capped_and_counted(
+    cluster: Cluster, clients: list[WsClient]
+) -> None:
+    """Tests that a client that stops reading holds at most its mailbox's worth of frames
+    sent from another process: the rest are dropped and counted by its process (the
+    sender, elsewhere, cannot be told), and it gets the first ones, in order, once it
+    reads again; both connections keep working."""
+    alice, bob = await pair_in_room(cluster, clients, "stall")
+    carol = await connect_to(cluster, clients, 1, "carol")  # on bob's process, reading
+    await carol.join("stall")
+    await alice.expect("webrtc:participant-joined")
+    await bob.expect("webrtc:participant-joined")
+    bob.connection.transport.pause_reading()  # bob's client stops reading its socket
+    filler = secrets.token_urlsafe(30_000)  # random: nothing on the way can compress it
+    offers = 450  # within the default burst of 500 frames
+    for seq in range(offers):
+        offer = {"type": "offer", "sdp": f"v=0\r\na=x-seq:{seq}\r\na=x-filler:{filler}\r\n"}
+        await alice.send("webrtc:offer", {"callRoomId": "stall", "targetSocketId": bob.socket_id, "offer": offer})
+    # alice's frames are relayed in order, and bob's process takes what alice's process
+    # publishes in order: once carol has this candidate, every offer reached bob's process.
+    await alice.send(
+        "webrtc:ice-candidate", {"callRoomId": "stall", "targetSocketId": carol.socket_id, "candidate": ""}
+    )
+    await carol.expect("webrtc:ice-candidate", timeout=30)
+    dropped = int(metric(cluster.servers[1], "calls_dropped_messages_total"))
+    assert dropped > 0, "nothing was dropped for a client that reads nothing"
+    # Once the first is dropped, all later ones are: bob's mailbox stays full.
+    bob.connection.transport.resume_reading()
+    received = []
+    while len(received) < offers - dropped:
+        frame = await bob.expect("webrtc:offer", timeout=10)
+        received.append(int(re.search(r"a=x-seq:(\d+)", frame["data"]["offer"]["sdp"]).group(1)))
+    assert received == list(range(offers - dropped))
+    await bob.expect_silence()
+    await alice.expect_silence()  # the sender is not told
+
+    await bob.send("webrtc:ice-candidate", {"callRoomId": "stall", "targetSocketId": alice.socket_id, "candidate": ""})
+    await alice.expect("webrtc:ice-candidate")
+    await alice.send("webrtc:ice-candidate", {"callRoomId": "stall", "targetSocketId": bob.socket_id, "candidate": ""})
+    await bob.expect("webrtc:ice-candidate")
+
+
+def metric(server: Server, name: str) -> float:
+    with urllib.request.urlopen(f"{server.http}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else 0.0
