@@ -26,6 +26,7 @@ from calls.ice import ice_servers_for
 from calls.presence import get_presence
 from calls.presence.base import (
     Departure,
+    Forward,
     JoinOutcome,
     JoinStatus,
     Member,
@@ -80,8 +81,8 @@ class Caller:
     username: str
     display_name: str
     counts: RelayCounts = field(default_factory=RelayCounts)
-    # The room this connection is in, as this process last saw it: for metrics and
-    # shutdown only; the rules ask presence.
+    # The room this connection is in: set and cleared by this process as presence
+    # answers its joins and leaves, so exact for its own connections.
     room_id: str | None = None
 
     def participant(self) -> Participant:
@@ -342,7 +343,37 @@ def _persist(write: Any, **kwargs: Any) -> None:
 
 async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
     target = request.targetSocketId
-    route = await get_presence().route(room_id=request.callRoomId, sender=caller.socket_id, target=target)
+    event, data = _relayed(caller, request)
+    text = encode_frame(event, data)
+    local = _connections.get(target) if target is not None else None
+    if local is not None and local.room_id == caller.room_id == request.callRoomId:
+        # Both ends are connections of this process, which applies every join and leave
+        # of its own connections, so it knows their rooms exactly: no need to ask
+        # presence (with Redis, a round trip: two daphnes, S1 steady 479 -> 445 ms per 1k).
+        channels: tuple[str, ...] = (local.channel_name,)
+    else:
+        # With Redis, presence publishes to other processes as it routes.
+        routed = await _route(caller, request, delivery.forward(text))
+        if routed is None:
+            return
+        channels = routed
+    undelivered = await delivery.deliver(channels, text)
+    if undelivered and target is not None:
+        raise SignalingError(ErrorCode.INTERNAL_ERROR, RECIPIENT_BUSY)
+    caller.counts.add(event)
+    _RELAYED[event].inc()
+    logger.debug("relay %s room=%s from=%s to=%s", event.value, request.callRoomId, caller.socket_id, target or "*")
+
+
+async def _route(
+    caller: Caller, request: Offer | Answer | IceCandidate, forward: Forward | None
+) -> tuple[str, ...] | None:
+    """Where presence says the frame goes (what it has not forwarded itself): raises
+    the rule's error, or ``None`` for a candidate to be dropped."""
+    target = request.targetSocketId
+    route = await get_presence().route(
+        room_id=request.callRoomId, sender=caller.socket_id, target=target, forward=forward
+    )
     if route.status is RouteStatus.NO_ROOM:
         raise SignalingError(ErrorCode.ROOM_NOT_FOUND, ROOM_NOT_FOUND)
     if route.status is RouteStatus.SENDER_NOT_IN_ROOM:
@@ -351,16 +382,9 @@ async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
         if isinstance(request, IceCandidate):
             # The target has just left; its candidates are of no use to anyone.
             logger.debug("candidate dropped room=%s to=%s", request.callRoomId, target)
-            return
+            return None
         raise SignalingError(ErrorCode.PARTICIPANT_NOT_FOUND, PARTICIPANT_NOT_FOUND)
-
-    event, data = _relayed(caller, request)
-    undelivered = await delivery.deliver(route.channels, encode_frame(event, data))
-    if undelivered and target is not None:
-        raise SignalingError(ErrorCode.INTERNAL_ERROR, RECIPIENT_BUSY)
-    caller.counts.add(event)
-    _RELAYED[event].inc()
-    logger.debug("relay %s room=%s from=%s to=%s", event.value, request.callRoomId, caller.socket_id, target or "*")
+    return route.channels
 
 
 def _relayed(caller: Caller, request: Offer | Answer | IceCandidate) -> tuple[Event, dict[str, Any]]:

@@ -243,7 +243,7 @@ async def test_frames_for_a_stalled_client_on_another_process_are_capped_and_cou
 ) -> None:
     """Tests that a client that stops reading holds at most its mailbox's worth of frames
     sent from another process: the rest are dropped and counted by its process (the
-    sender, elsewhere, cannot be told), and it gets the first ones, in order, once it
+    sender, elsewhere, cannot be told), and it gets all the others, in order, once it
     reads again; both connections keep working."""
     alice, bob = await pair_in_room(cluster, clients, "stall")
     carol = await connect_to(cluster, clients, 1, "carol")  # on bob's process, reading
@@ -264,13 +264,13 @@ async def test_frames_for_a_stalled_client_on_another_process_are_capped_and_cou
     await carol.expect("webrtc:ice-candidate", timeout=30)
     dropped = int(metric(cluster.servers[1], "calls_dropped_messages_total"))
     assert dropped > 0, "nothing was dropped for a client that reads nothing"
-    # Once the first is dropped, all later ones are: bob's mailbox stays full.
     bob.connection.transport.resume_reading()
     received = []
     while len(received) < offers - dropped:
         frame = await bob.expect("webrtc:offer", timeout=10)
         received.append(int(re.search(r"a=x-seq:(\d+)", frame["data"]["offer"]["sdp"]).group(1)))
-    assert received == list(range(offers - dropped))
+    assert received == sorted(set(received))  # in order, none twice
+    assert set(received) <= set(range(offers))
     await bob.expect_silence()
     await alice.expect_silence()  # the sender is not told
 

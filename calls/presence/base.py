@@ -101,6 +101,18 @@ class Route:
     channels: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A frame that a store able to publish (Redis) sends, while routing, to members
+    served by other processes: ``{"type": message_type, "to": [socketIds], "text": text}``,
+    once to each such process's ``<inbox>`` (a member's channel is ``<inbox>#<socketId>``,
+    see ``calls.delivery``). Members whose inbox is ``inbox`` are left to the caller."""
+
+    inbox: str
+    message_type: str
+    text: str
+
+
 class PresenceUnavailable(Exception):
     """The store cannot be reached; the operation did not happen."""
 
@@ -179,6 +191,10 @@ class Presence(abc.ABC):
         return []
 
     @abc.abstractmethod
-    async def route(self, *, room_id: str, sender: str, target: str | None) -> Route:
+    async def route(self, *, room_id: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
         """Channels to relay to: the target's, or every other member's when ``target``
-        is ``None``. Checks that the sender (and the target) are in the room."""
+        is ``None``. Checks that the sender (and the target) are in the room.
+
+        With ``forward``, a store that can publish sends it to the members of other
+        processes itself and returns only the channels left for this process; one that
+        cannot returns them all."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from calls.presence.base import (
     Departure,
+    Forward,
     JoinOutcome,
     JoinStatus,
     Member,
@@ -83,7 +84,8 @@ class InMemoryPresence(Presence):
         room = self._rooms.get(room_id)
         return tuple(room.members.values()) if room else ()
 
-    async def route(self, *, room_id: str, sender: str, target: str | None) -> Route:
+    async def route(self, *, room_id: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
+        # One process: every member is this process's, ``forward`` has nothing to do.
         room = self._rooms.get(room_id)
         if room is None:
             return Route(RouteStatus.NO_ROOM)

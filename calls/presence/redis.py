@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 from calls.presence.base import (
     Departure,
+    Forward,
     JoinOutcome,
     JoinStatus,
     Member,
@@ -142,23 +143,40 @@ return remove(ARGV[2], ARGV[3], ARGV[4])
 """
 )
 
-# ARGV: prefix, room, sender, target ('' for everyone else)
+# ARGV: prefix, room, sender, target ('' for everyone else)[, inbox, type, text: a Forward]
 _ROUTE = """
 local key = ARGV[1] .. 'room:' .. ARGV[2]
 local channels = key .. ':channels'
 if redis.call('EXISTS', key) == 0 then return {'no-room'} end
 if redis.call('HEXISTS', channels, ARGV[3]) == 0 then return {'sender-not-in-room'} end
+local out = {'ok'}
 if ARGV[4] ~= '' then
   local channel = redis.call('HGET', channels, ARGV[4])
   if not channel then return {'target-not-in-room'} end
-  return {'ok', channel}
+  out[2] = channel
+else
+  local all = redis.call('HGETALL', channels)
+  for i = 1, #all, 2 do
+    if all[i] ~= ARGV[3] then out[#out + 1] = all[i + 1] end
+  end
 end
-local all = redis.call('HGETALL', channels)
-local out = {'ok'}
-for i = 1, #all, 2 do
-  if all[i] ~= ARGV[3] then out[#out + 1] = all[i + 1] end
+if not ARGV[5] then return out end
+-- Forward: publish to other processes' inboxes as channels_redis's pub/sub layer does
+-- (msgpack, no prefix), once per inbox; return this process's channels.
+local mine, others, inboxes = {'ok'}, {}, {}
+for i = 2, #out do
+  local inbox, sock = string.match(out[i], '^(.+)#([^#]+)$')
+  if inbox == nil or inbox == ARGV[5] then
+    mine[#mine + 1] = out[i]
+  else
+    if others[inbox] == nil then others[inbox] = {}; inboxes[#inboxes + 1] = inbox end
+    table.insert(others[inbox], sock)
+  end
 end
-return out
+for _, inbox in ipairs(inboxes) do
+  redis.call('PUBLISH', inbox, cmsgpack.pack({type = ARGV[6], to = others[inbox], text = ARGV[7]}))
+end
+return mine
 """
 
 # ARGV: prefix, server, lease ms. Returns -1 if this server was declared dead, 1 if
@@ -367,18 +385,23 @@ class RedisPresence(Presence):
         return _members_from(participants, channels)
 
     @_unavailable_on_redis_error
-    async def route(self, *, room_id: str, sender: str, target: str | None) -> Route:
-        route = await self._route_once(room_id, sender, target)
+    async def route(self, *, room_id: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
+        route = await self._route_once(room_id, sender, target, forward)
         suspicious = route.status in (RouteStatus.NO_ROOM, RouteStatus.SENDER_NOT_IN_ROOM) and sender in self._held
         if suspicious and await self._restore_if_forgotten():
-            route = await self._route_once(room_id, sender, target)
+            route = await self._route_once(room_id, sender, target, forward)
         if route.status is RouteStatus.TARGET_NOT_IN_ROOM and self._restoring():
             # Peers may not have put their members back yet: "not found" could be false.
             raise PresenceUnavailable("presence is being restored after Redis lost its data")
         return route
 
-    async def _route_once(self, room_id: str, sender: str, target: str | None) -> Route:
-        reply = await self._route(args=[PREFIX, room_id, sender, target or ""])
+    async def _route_once(self, room_id: str, sender: str, target: str | None, forward: Forward | None) -> Route:
+        args = [PREFIX, room_id, sender, target or ""]
+        if forward is not None:
+            # One round trip instead of two (route, then publish): two daphnes sharing
+            # Redis, S1 steady 445 -> 291 CPU ms per 1k relays (Redis: 37 -> 25).
+            args += [forward.inbox, forward.message_type, forward.text]
+        reply = await self._route(args=args)
         return Route(RouteStatus(reply[0].decode()), tuple(c.decode() for c in reply[1:]))
 
     async def _restore_if_forgotten(self) -> bool:

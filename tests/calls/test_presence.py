@@ -11,8 +11,10 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from channels_redis.pubsub import RedisPubSubChannelLayer
 
 from calls.presence.base import (
+    Forward,
     JoinStatus,
     Member,
     Participant,
@@ -20,6 +22,7 @@ from calls.presence.base import (
     PresenceEvicted,
     PresenceUnavailable,
     RoomSession,
+    Route,
     RouteStatus,
 )
 from calls.presence.memory import InMemoryPresence
@@ -189,6 +192,39 @@ async def test_concurrent_joins_never_exceed_capacity(presence: Presence) -> Non
     outcomes = await asyncio.gather(*(join(presence, f"s{i}", capacity=4) for i in range(12)))
     assert [o.status for o in outcomes].count(JoinStatus.FULL) == 8
     assert len(await presence.members(room_id="room")) == 4
+
+
+async def test_a_forwarding_route_publishes_once_per_other_process_and_returns_this_ones(redis_url: str) -> None:
+    """Tests that the Redis store, given a Forward, sends the frame to each other
+    process's inbox once (as channels_redis's pub/sub layer delivers it) and returns
+    only this process's channels; with a target, only the target's."""
+    layer = RedisPubSubChannelLayer(hosts=[{"address": redis_url, "socket_timeout": None}])
+    store = RedisPresence(redis_url, lease_secs=LEASE_SECS)
+    try:
+        inbox = await layer.new_channel("other.")
+        members = {"a": "mine#a", "b": f"{inbox}#b", "c": f"{inbox}#c", "d": "mine#d"}
+        for socket_id, channel in members.items():
+            participant = member(socket_id).participant
+            await store.join(new_session=session(), member=Member(participant, channel), capacity=16, group_ids=ANYONE)
+        forward = Forward("mine", "calls.deliver", '{"event":"webrtc:ice-candidate"}')
+
+        broadcast = await store.route(room_id="room", sender="a", target=None, forward=forward)
+        assert broadcast == Route(RouteStatus.OK, ("mine#d",))
+        message = await asyncio.wait_for(layer.receive(inbox), 5)
+        assert message == {"type": "calls.deliver", "to": ["b", "c"], "text": forward.text}
+
+        targeted = await store.route(room_id="room", sender="a", target="c", forward=forward)
+        assert targeted == Route(RouteStatus.OK, ())
+        assert await asyncio.wait_for(layer.receive(inbox), 5) == message | {"to": ["c"]}
+        local = await store.route(room_id="room", sender="a", target="d", forward=forward)
+        assert local == Route(RouteStatus.OK, ("mine#d",))
+        refused = await store.route(room_id="room", sender="x", target="c", forward=forward)
+        assert refused.status is RouteStatus.SENDER_NOT_IN_ROOM
+        with pytest.raises(TimeoutError):  # nothing was published for the refused route
+            await asyncio.wait_for(layer.receive(inbox), 0.3)
+    finally:
+        await store.close()
+        await layer.flush()
 
 
 # ---------------------------------------------------------------------------
