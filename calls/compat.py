@@ -154,3 +154,47 @@ def add_flow_control_under_daphne() -> None:
     WebSocketProtocol.onOpen = on_open
     WebSocketProtocol.onMessage = on_message
     Server.handle_reply = handle_reply
+
+
+def write_at_once_under_daphne() -> None:
+    """Let Twisted write to a socket at once when nothing waits to be written before.
+
+    Twisted buffers every write, asks the event loop to watch the socket for
+    writability, and sends on the next loop iteration: two ``epoll_ctl`` calls and a
+    loop pass per frame sent. asyncio's transports (uvicorn's) try ``send`` at once and
+    buffer only what the kernel does not take; this does the same. Whatever is left goes
+    through Twisted's own path, with its buffer limits and producers.
+    """
+    try:
+        from twisted.internet.abstract import FileDescriptor
+    except ImportError:
+        return
+    if getattr(FileDescriptor.write, "writes_at_once", False):
+        return
+    original_write = FileDescriptor.write
+
+    def write(self: FileDescriptor, data: bytes) -> None:
+        sock = getattr(self, "socket", None)
+        if (
+            sock is not None
+            and data
+            and type(data) is bytes
+            and self.connected
+            and not self.disconnecting
+            and not self._writeDisconnected
+            and not self.dataBuffer
+            and not self._tempDataBuffer
+        ):
+            try:
+                sent = sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                sent = 0  # Twisted's path meets the error again and reports the loss
+            if sent == len(data):
+                return
+            data = data[sent:]
+        original_write(self, data)
+
+    write.writes_at_once = True  # type: ignore[attr-defined]
+    FileDescriptor.write = write

@@ -17,6 +17,7 @@ from calls.compat import (  # noqa: E402
     add_flow_control_under_daphne,
     allow_going_away_close_under_daphne,
     defer_autobahn_debug_formatting,
+    write_at_once_under_daphne,
 )
 from calls.lifecycle import ServerLifecycle  # noqa: E402
 from calls.routing import websocket_urlpatterns  # noqa: E402
@@ -24,6 +25,7 @@ from calls.routing import websocket_urlpatterns  # noqa: E402
 allow_going_away_close_under_daphne()
 defer_autobahn_debug_formatting()
 add_flow_control_under_daphne()
+write_at_once_under_daphne()
 
 application = ServerLifecycle(
     ProtocolTypeRouter(
