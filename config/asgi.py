@@ -10,9 +10,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.sessions import SessionMiddlewareStack  # noqa: E402
+from channels.sessions import CookieMiddleware  # noqa: E402
 
-from accounts.websocket import OriginCheck, WebsocketAuthMiddleware  # noqa: E402
+from accounts.websocket import OriginCheck, SessionFromCookie, WebsocketAuthMiddleware  # noqa: E402
 from calls.compat import (  # noqa: E402
     add_flow_control_under_daphne,
     allow_going_away_close_under_daphne,
@@ -31,7 +31,9 @@ application = ServerLifecycle(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": OriginCheck(SessionMiddlewareStack(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)))),
+            "websocket": OriginCheck(
+                CookieMiddleware(SessionFromCookie(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))))
+            ),
         }
     )
 )
