@@ -30,52 +30,44 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
     closing = False  # set once this side closed: nothing more may be sent
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Channels' consumer loop, reading the connection's mailbox (``calls.delivery``)
-        instead of a channel-layer channel: one queue holds, in arrival order, the
-        client's frames and what the rules address to this connection. That keeps
-        Channels' order (the reply to a frame goes out before anything that arrived
-        while it was handled) without a task per message or a channel per connection.
+        """Channels' consumer loop, with the connection's mailbox (``calls.delivery``)
+        in place of a channel-layer channel: this task handles the client's messages, a
+        second one sends what the rules address to the connection. ``turn`` lets one of
+        them at a time at the socket, so that, as in Channels, the reply to a frame goes
+        out before anything that arrived while it was handled. Channels' own loop made a
+        task per message and read a channel per connection; an earlier version of this
+        one passed every client frame through the mailbox too (S1 steady on daphne,
+        alternating runs: 153-166 -> 130-147 CPU ms per 1k relays with two tasks).
         """
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
         self.mailbox = delivery.Mailbox()
-        handled = asyncio.Event()
-        pump = asyncio.get_running_loop().create_task(self._pump(receive, handled))
-        try:
-            while True:
-                item = await self.mailbox.get()
-                if type(item) is str:
-                    if not self.closing:
-                        await self.send(text_data=item)
-                elif type(item) is int:
-                    await self.close(code=item)
-                elif isinstance(item, BaseException):
-                    raise item
-                else:
-                    await self.dispatch(item)
-                    handled.set()
-        except StopConsumer:
-            pass
-        finally:
-            pump.cancel()
-
-    async def _pump(self, receive: Any, handled: asyncio.Event) -> None:
-        """Move the client's messages into the mailbox, one at a time: the next is
-        taken from the server only once this one is handled, so that the server's flow
-        control still holds back a client that sends faster than it is served."""
+        self.turn = asyncio.Lock()
+        writer = asyncio.get_running_loop().create_task(self._write_mailbox())
         try:
             while True:
                 message = await receive()
-                handled.clear()
-                self.mailbox.put(message)
-                if message["type"] == "websocket.disconnect":
-                    return
-                await handled.wait()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # let the consumer loop fail as Channels' would
-            self.mailbox.put(exc)
+                async with self.turn:
+                    await self.dispatch(message)
+                # receive() does not suspend while daphne holds queued frames: yield, or
+                # a flood would be handled in one go while its recipients' mailboxes,
+                # whose writers never ran, overflowed.
+                await asyncio.sleep(0)
+        except StopConsumer:
+            pass
+        finally:
+            writer.cancel()
+
+    async def _write_mailbox(self) -> None:
+        """Send the mailbox's frames in order; close when it holds a close code."""
+        while True:
+            item = await self.mailbox.get()
+            async with self.turn:
+                if type(item) is int:
+                    await self.close(code=item)
+                elif not self.closing:
+                    await self.send(text_data=item)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every message from the socket.

@@ -37,13 +37,12 @@ _DELIVER, _CLOSE = "calls.deliver", "calls.close"  # messages between processes'
 
 class Mailbox:
     """What waits for one connection, in order: frames addressed to it (at most
-    ``MAILBOX_CAPACITY``), close requests (``int`` codes), and whatever its transport
-    adds for itself (never counted)."""
+    ``MAILBOX_CAPACITY``) and close requests (``int`` codes)."""
 
     __slots__ = ("frames", "queue")
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.queue: asyncio.Queue[str | int] = asyncio.Queue()
         self.frames = 0
 
     def put_frame(self, text: str) -> bool:
@@ -54,11 +53,11 @@ class Mailbox:
         self.queue.put_nowait(text)
         return True
 
-    def put(self, item: Any) -> None:
-        """Queue anything that is not a frame: it always goes in."""
-        self.queue.put_nowait(item)
+    def put_close(self, code: int) -> None:
+        """Queue a request to close the connection; it always goes in."""
+        self.queue.put_nowait(code)
 
-    async def get(self) -> Any:
+    async def get(self) -> str | int:
         item = await self.queue.get()
         if type(item) is str:
             self.frames -= 1
@@ -125,7 +124,7 @@ async def close(addresses: Iterable[str], code: int) -> None:
         inbox, _, socket_id = address.rpartition("#")
         if inbox == _inbox:
             if (mailbox := _mailboxes.get(socket_id)) is not None:
-                mailbox.put(code)
+                mailbox.put_close(code)
         else:
             remote.setdefault(inbox, []).append(socket_id)
     for inbox, socket_ids in remote.items():
@@ -178,7 +177,7 @@ async def _read_inbox(layer: Any, inbox: str) -> None:
             if mailbox is None:
                 continue
             if message["type"] == _CLOSE:
-                mailbox.put(message["code"])
+                mailbox.put_close(message["code"])
             elif not mailbox.put_frame(message["text"]):
                 # The sender, in another process, cannot be told: count it.
                 metrics.DROPPED.inc()
