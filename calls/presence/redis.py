@@ -24,6 +24,7 @@ Redis Cluster is not supported: scripts touch keys of several rooms.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
@@ -36,7 +37,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as aioredis
 from django.core.exceptions import ImproperlyConfigured
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from calls.presence.base import (
     Departure,
@@ -286,6 +288,70 @@ class _Held:
     member: Member
 
 
+class _Batched:
+    """Calls of one script made in the same pass of the event loop, sent as one pipeline:
+    one write to Redis and one read for all of them. A system call each way costs as much
+    as the script itself on loopback, and under load many relays are routed in one pass
+    (two daphnes sharing Redis, S1 steady, alternating runs: 262-283 -> 188-190 CPU ms
+    per 1k relays, Redis 25 -> 11). A call alone in its pass goes as a plain call."""
+
+    def __init__(self, redis: aioredis.Redis, script: AsyncScript) -> None:
+        self.redis = redis
+        self.script = script
+        self.forming: list[tuple[list[Any], asyncio.Future]] | None = None
+        self.sending: set[asyncio.Task] = set()
+
+    async def __call__(self, *, args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        if self.forming is not None:  # a batch is forming in this pass: join it
+            reply = loop.create_future()
+            self.forming.append((args, reply))
+            return await reply
+        self.forming = []
+        cancelled = True
+        try:
+            await asyncio.sleep(0)  # let the calls ready in this pass join
+            cancelled = False
+        finally:
+            others, self.forming = self.forming, None
+            if cancelled and others:
+                self._spawn(others)
+        if not others:
+            return await self.script(args=args)
+        reply = loop.create_future()
+        self._spawn([(args, reply), *others])  # a task of its own: no caller's cancellation strands the rest
+        return await reply
+
+    def _spawn(self, batch: list[tuple[list[Any], asyncio.Future]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self.sending.add(task)
+        task.add_done_callback(self.sending.discard)
+
+    async def _send(self, batch: list[tuple[list[Any], asyncio.Future]]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for args, _ in batch:
+                    pipe.execute_command("EVALSHA", self.script.sha, 0, *args)
+                replies = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            for _, reply in batch:
+                if not reply.done():
+                    reply.set_exception(exc)
+            return
+        for (args, reply), result in zip(batch, replies, strict=True):
+            if reply.done():  # its caller went away
+                continue
+            if isinstance(result, NoScriptError):  # Redis restarted: the plain call loads it
+                try:
+                    result = await self.script(args=args)
+                except Exception as exc:
+                    result = exc
+            if isinstance(result, Exception):
+                reply.set_exception(result)
+            else:
+                reply.set_result(result)
+
+
 class RedisPresence(Presence):
     shared = True
 
@@ -312,7 +378,7 @@ class RedisPresence(Presence):
         self._restored_at = -restore_window_secs
         self._join = self.redis.register_script(_JOIN)
         self._leave = self.redis.register_script(_LEAVE)
-        self._route = self.redis.register_script(_ROUTE)
+        self._route = _Batched(self.redis, self.redis.register_script(_ROUTE))
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._reap = self.redis.register_script(_REAP)
         self._restore = self.redis.register_script(_RESTORE)

@@ -227,6 +227,41 @@ async def test_a_forwarding_route_publishes_once_per_other_process_and_returns_t
         await layer.flush()
 
 
+async def test_routes_made_in_one_pass_each_get_their_own_answer(redis_url: str) -> None:
+    """Tests that the Redis store's batched routes answer every call as if alone (errors
+    included), survive Redis forgetting its scripts, and that a caller cancelled while
+    its batch forms strands no one."""
+    store = RedisPresence(redis_url, lease_secs=LEASE_SECS)
+    try:
+        for socket_id in "abc":
+            await join(store, socket_id)
+        await join(store, "x", "other")
+        routes = await asyncio.gather(
+            store.route(room_id="room", sender="a", target="b"),
+            store.route(room_id="room", sender="x", target="b"),
+            store.route(room_id="nowhere", sender="a", target="b"),
+            store.route(room_id="room", sender="a", target=None),
+        )
+        assert routes[0] == Route(RouteStatus.OK, ("channel-b",))
+        assert routes[1].status is RouteStatus.SENDER_NOT_IN_ROOM
+        assert routes[2].status is RouteStatus.NO_ROOM
+        assert sorted(routes[3].channels) == ["channel-b", "channel-c"]
+
+        await store.redis.script_flush()  # as after a Redis restart
+        again = await asyncio.gather(*(store.route(room_id="room", sender="a", target="c") for _ in range(5)))
+        assert again == [Route(RouteStatus.OK, ("channel-c",))] * 5
+
+        first = asyncio.create_task(store.route(room_id="room", sender="a", target="b"))
+        second = asyncio.create_task(store.route(room_id="room", sender="b", target="c"))
+        await asyncio.sleep(0)  # both have started: the first waits for its batch, the second joined it
+        first.cancel()
+        assert await asyncio.wait_for(second, 5) == Route(RouteStatus.OK, ("channel-c",))
+        with pytest.raises(asyncio.CancelledError):
+            await first
+    finally:
+        await store.close()
+
+
 # ---------------------------------------------------------------------------
 # Only a shared store: several processes, leases, Redis failures
 # ---------------------------------------------------------------------------
