@@ -1,11 +1,20 @@
-"""Adjustments to the servers we run under, each for a rule the contract needs."""
+"""Adjustments to daphne and the Twisted/autobahn stack under it, made only when daphne
+is the server: each for a rule of the contract, for flow control, or for a measured cost."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from typing import Any
 
 from calls import metrics
+
+
+def under_daphne() -> bool:
+    """Whether daphne is the server: its command line imports ``daphne.server`` (which
+    installs Twisted's reactor on import) before it loads the application. Under any
+    other server, nothing here is imported or changed."""
+    return "daphne.server" in sys.modules
 
 
 def allow_going_away_close_under_daphne() -> None:
@@ -15,10 +24,10 @@ def allow_going_away_close_under_daphne() -> None:
     for 1001, although RFC 6455 §7.4.1 defines 1001 for exactly this; the socket then
     ends with 1011 instead. Other codes keep autobahn's checks.
     """
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:  # not running under daphne
+    if not under_daphne():
         return
+    from daphne.ws_protocol import WebSocketProtocol
+
     if getattr(WebSocketProtocol.serverClose, "allows_going_away", False):
         return
     original = WebSocketProtocol.serverClose
@@ -51,10 +60,10 @@ def defer_autobahn_debug_formatting() -> None:
     """autobahn (under daphne) pretty-prints its whole configuration for a debug line on
     every websocket connection, logged or not: about 9% of a connection's CPU in a py-spy
     profile of 1,500 connects. Format it only when the line is written."""
-    try:
-        from autobahn.websocket import protocol
-    except ImportError:
+    if not under_daphne():
         return
+    from autobahn.websocket import protocol
+
     protocol.pformat = _LazyPformat  # type: ignore[assignment]
 
 
@@ -102,11 +111,11 @@ def add_flow_control_under_daphne() -> None:
       waits. Its channel then fills, and senders get ``internal-error`` ("the recipient
       is not keeping up") instead of the server buffering for the stalled client.
     """
-    try:
-        from daphne.server import Server
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:
+    if not under_daphne():
         return
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
     if getattr(WebSocketProtocol.onMessage, "flow_controlled", False):
         return
     original_on_message = WebSocketProtocol.onMessage
@@ -165,10 +174,10 @@ def write_at_once_under_daphne() -> None:
     buffer only what the kernel does not take; this does the same. Whatever is left goes
     through Twisted's own path, with its buffer limits and producers.
     """
-    try:
-        from twisted.internet.abstract import FileDescriptor
-    except ImportError:
+    if not under_daphne():
         return
+    from twisted.internet.abstract import FileDescriptor
+
     if getattr(FileDescriptor.write, "writes_at_once", False):
         return
     original_write = FileDescriptor.write
