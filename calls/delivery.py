@@ -3,11 +3,11 @@
 Each connection has a mailbox in its process and an address, ``<process inbox>#<socketId>``,
 which presence stores as the member's ``channel_name``. A frame for a connection in
 this process goes straight into its mailbox: no channel layer, no message dict, no
-task per frame (the consumer reads its mailbox in the same loop as its socket). A
-frame for connections in other processes goes through the channel layer to each of
-those processes' inbox once, however many of its connections it is for, and is put
-in their mailboxes there. With one process there is no inbox and no channel layer
-on this path at all.
+task per frame (the consumer's writer task reads the mailbox). A frame for connections
+in other processes goes through the channel layer to each of those processes' inbox
+once, however many of its connections it is for (with Redis presence, the route script
+publishes it: ``forward``), and is put in their mailboxes there. With one process
+there is no inbox and no channel layer on this path at all.
 
 Figures (``python -m bench.run --scenarios S1 --no-bisect``) are at the end of
 ``deliver``.
