@@ -27,6 +27,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from calls import metrics
+from calls.layers import DispatchingRedisPubSubChannelLayer
 from calls.presence.base import Forward
 
 logger = logging.getLogger("calls")
@@ -166,8 +167,11 @@ async def _inbox_name() -> str:
                 name = LOCAL_INBOX
             else:
                 name = await layer.new_channel("calls.")
-                reader = loop.create_task(_read_inbox(layer, name))
-                _inbox_readers.add(reader)  # keep a reference: the loop holds tasks weakly
+                if isinstance(layer, DispatchingRedisPubSubChannelLayer):
+                    layer.attach(name, _take)
+                else:
+                    reader = loop.create_task(_read_inbox(layer, name))
+                    _inbox_readers.add(reader)  # keep a reference: the loop holds tasks weakly
                 config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
                 _forwardable = isinstance(layer, RedisPubSubChannelLayer) and not config.get(
                     "symmetric_encryption_keys"
@@ -182,7 +186,7 @@ async def _inbox_name() -> str:
 
 
 async def _read_inbox(layer: Any, inbox: str) -> None:
-    """Put what other processes send into this process's mailboxes."""
+    """Read the inbox on a layer that cannot hand messages over (``core``)."""
     while True:
         try:
             message = await layer.receive(inbox)
@@ -192,13 +196,18 @@ async def _read_inbox(layer: Any, inbox: str) -> None:
             logger.warning("inbox unreadable: %s", exc)
             await asyncio.sleep(1.0)
             continue
-        for socket_id in message["to"]:
-            mailbox = _mailboxes.get(socket_id)
-            if mailbox is None:
-                continue
-            if message["type"] == _CLOSE:
-                mailbox.put_close(message["code"])
-            elif not mailbox.put_frame(message["text"]):
-                # The sender, in another process, cannot be told: count it.
-                metrics.DROPPED.inc()
-                logger.warning("mailbox full, frame from another process dropped socketId=%s", socket_id)
+        _take(message)
+
+
+def _take(message: dict[str, Any]) -> None:
+    """Put what another process sent into this process's mailboxes."""
+    for socket_id in message["to"]:
+        mailbox = _mailboxes.get(socket_id)
+        if mailbox is None:
+            continue
+        if message["type"] == _CLOSE:
+            mailbox.put_close(message["code"])
+        elif not mailbox.put_frame(message["text"]):
+            # The sender, in another process, cannot be told: count it.
+            metrics.DROPPED.inc()
+            logger.warning("mailbox full, frame from another process dropped socketId=%s", socket_id)

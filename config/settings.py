@@ -133,7 +133,7 @@ SIMPLE_JWT = {
 REDIS_URL = env_str("REDIS_URL") or None
 REDIS_CHANNEL_LAYER = env_str("REDIS_CHANNEL_LAYER") or "pubsub"
 _REDIS_LAYERS = {
-    "pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+    "pubsub": "calls.layers.DispatchingRedisPubSubChannelLayer",
     "core": "channels_redis.core.RedisChannelLayer",
 }
 if REDIS_CHANNEL_LAYER not in _REDIS_LAYERS:
