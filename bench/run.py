@@ -422,13 +422,11 @@ def summarize(kind: str, processes: int, scenario: Scenario, cores: Cores, repor
             "generator_saturated": steady["generator_saturated"],
         }
     phases = [p for p in (setup, steady) if p]
-    row["sent"] = sum(p["sent"] for p in phases)
-    row["delivered"] = sum(p["delivered"] for p in phases)
-    row["misdelivered"] = sum(p["misdelivered"] for p in phases)
-    row["duplicates"] = sum(p["duplicates"] for p in phases)
-    row["undelivered"] = sum(p["undelivered"] for p in phases)
-    row["errors"] = (report.get("totals") or {}).get("errors", {})
-    row["closes"] = (report.get("totals") or {}).get("closes", {})
+    for key in ("sent", "delivered", "misdelivered", "duplicates", "undelivered"):
+        row[key] = sum(p[key] for p in phases)
+    totals = report.get("totals") or {}
+    row["errors"] = totals.get("errors", {})
+    row["closes"] = totals.get("closes", {})
     if search:
         held = [s for s in search["steps"] if s["held"]]
         best = max(held, key=lambda s: s["rate"]) if held else None
@@ -481,38 +479,6 @@ def held_text(row: dict) -> str:
     return text + (" (generator-bound)" if row.get("bisect_limited_by_generator") else "")
 
 
-SCENARIO_COLUMNS = [
-    ("server", lambda r: r["server"]),
-    ("proc", lambda r: str(r["processes"])),
-    ("scen.", lambda r: r["scenario"]),
-    ("join p50 / p99 ms", lambda r: pair(r.get("join_p50_ms"), r.get("join_p99_ms"))),
-    ("setup relay p50 / p99 ms", lambda r: pair(r.get("setup_relay_p50_ms"), r.get("setup_relay_p99_ms"))),
-    ("setup CPU ms / 1k relays (server ; Redis)", lambda r: setup_cpu(r)),
-    ("RSS KB / conn", lambda r: fmt(r.get("rss_per_connection_kb"))),
-    ("steady rate (achieved)", lambda r: f"{fmt(r.get('steady_rate'))} ({fmt(r.get('steady_achieved_rate'))})"),
-    ("steady relay p50 / p99 ms", lambda r: pair(r.get("steady_relay_p50_ms"), r.get("steady_relay_p99_ms"))),
-    ("steady CPU ms / 1k", lambda r: fmt(r.get("steady_server_cpu_ms_per_1k"))),
-    (
-        "sent = delivered",
-        lambda r: f"{fmt(r['sent'])} {'=' if r['sent'] == r['delivered'] else '≠'} {fmt(r['delivered'])}",
-    ),
-    ("misdelivered ; dup ; errors", lambda r: f"{r['misdelivered']} ; {r['duplicates']} ; {sum(r['errors'].values())}"),
-    ("max steady rate held", lambda r: held_text(r)),
-    ("CPU ms / 1k at held rate (p99 ms)", lambda r: held_cpu_text(r)),
-    ("generator CPU (steady)", lambda r: generator_text(r)),
-    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
-]
-IDLE_COLUMNS = [
-    ("server", lambda r: r["server"]),
-    ("proc", lambda r: str(r["processes"])),
-    ("idle connections", lambda r: fmt(r["connections"])),
-    ("connect p50 / p99 ms", lambda r: pair(r["connect_p50_ms"], r["connect_p99_ms"])),
-    ("RSS KB / connection", lambda r: fmt(r["rss_per_connection_kb"])),
-    ("RSS KB / participant", lambda r: fmt(r.get("rss_per_participant_kb"))),
-    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
-]
-
-
 def delivered_text(row: dict) -> str:
     return f"{fmt(row['sent'])} {'=' if row['sent'] == row['delivered'] else '≠'} {fmt(row['delivered'])}"
 
@@ -535,6 +501,35 @@ def generator_text(row: dict) -> str:
     if row.get("generator_cpu") is None:
         return "—"
     return f"{row['generator_cpu'] * 100:.0f} %{' SATURATED' if row.get('generator_saturated') else ''}"
+
+
+SCENARIO_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("scen.", lambda r: r["scenario"]),
+    ("join p50 / p99 ms", lambda r: pair(r.get("join_p50_ms"), r.get("join_p99_ms"))),
+    ("setup relay p50 / p99 ms", lambda r: pair(r.get("setup_relay_p50_ms"), r.get("setup_relay_p99_ms"))),
+    ("setup CPU ms / 1k relays (server ; Redis)", setup_cpu),
+    ("RSS KB / conn", lambda r: fmt(r.get("rss_per_connection_kb"))),
+    ("steady rate (achieved)", lambda r: f"{fmt(r.get('steady_rate'))} ({fmt(r.get('steady_achieved_rate'))})"),
+    ("steady relay p50 / p99 ms", lambda r: pair(r.get("steady_relay_p50_ms"), r.get("steady_relay_p99_ms"))),
+    ("steady CPU ms / 1k", lambda r: fmt(r.get("steady_server_cpu_ms_per_1k"))),
+    ("sent = delivered", delivered_text),
+    ("misdelivered ; dup ; errors", lambda r: f"{r['misdelivered']} ; {r['duplicates']} ; {sum(r['errors'].values())}"),
+    ("max steady rate held", held_text),
+    ("CPU ms / 1k at held rate (p99 ms)", held_cpu_text),
+    ("generator CPU (steady)", generator_text),
+    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
+]
+IDLE_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("idle connections", lambda r: fmt(r["connections"])),
+    ("connect p50 / p99 ms", lambda r: pair(r["connect_p50_ms"], r["connect_p99_ms"])),
+    ("RSS KB / connection", lambda r: fmt(r["rss_per_connection_kb"])),
+    ("RSS KB / participant", lambda r: fmt(r.get("rss_per_participant_kb"))),
+    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
+]
 
 
 def markdown(columns: list, rows: list[dict]) -> list[str]:

@@ -9,27 +9,32 @@ from typing import Any
 
 from calls import metrics
 
-
-def under_daphne() -> bool:
-    """Whether daphne is the server: its command line imports ``daphne.server`` (which
-    installs Twisted's reactor on import) before it loads the application. Under any
-    other server, nothing here is imported or changed."""
-    return "daphne.server" in sys.modules
+_adjusted = False
 
 
-def allow_going_away_close_under_daphne() -> None:
+def adjust_daphne() -> None:
+    """Make every adjustment below, once, if daphne is the server: its command line
+    imports ``daphne.server`` (which installs Twisted's reactor on import) before it
+    loads the application. Under any other server, nothing here is imported or changed."""
+    global _adjusted
+    if _adjusted or "daphne.server" not in sys.modules:
+        return
+    _adjusted = True
+    _allow_going_away_close()
+    _defer_autobahn_debug_formatting()
+    _add_flow_control()
+    _write_at_once()
+
+
+def _allow_going_away_close() -> None:
     """Let daphne close websockets with 1001 (PROTOCOL.md §8: server going away).
 
     autobahn, under daphne, lets a server close only with 1000 or 3000-4999 and raises
     for 1001, although RFC 6455 §7.4.1 defines 1001 for exactly this; the socket then
     ends with 1011 instead. Other codes keep autobahn's checks.
     """
-    if not under_daphne():
-        return
     from daphne.ws_protocol import WebSocketProtocol
 
-    if getattr(WebSocketProtocol.serverClose, "allows_going_away", False):
-        return
     original = WebSocketProtocol.serverClose
 
     def server_close(self: WebSocketProtocol, code: int | None = None) -> None:
@@ -38,7 +43,6 @@ def allow_going_away_close_under_daphne() -> None:
         else:
             original(self, code)
 
-    server_close.allows_going_away = True  # type: ignore[attr-defined]
     WebSocketProtocol.serverClose = server_close
 
 
@@ -56,12 +60,10 @@ class _LazyPformat:
         return pformat(self.value)
 
 
-def defer_autobahn_debug_formatting() -> None:
+def _defer_autobahn_debug_formatting() -> None:
     """autobahn (under daphne) pretty-prints its whole configuration for a debug line on
     every websocket connection, logged or not: about 9% of a connection's CPU in a py-spy
     profile of 1,500 connects. Format it only when the line is written."""
-    if not under_daphne():
-        return
     from autobahn.websocket import protocol
 
     protocol.pformat = _LazyPformat  # type: ignore[assignment]
@@ -96,7 +98,7 @@ class _WriteFlow:
         self.writable.set()
 
 
-def add_flow_control_under_daphne() -> None:
+def _add_flow_control() -> None:
     """Give daphne the flow control uvicorn has, in both directions.
 
     daphne queues every frame a client sends for the consumer without bound, and writes
@@ -108,16 +110,12 @@ def add_flow_control_under_daphne() -> None:
       socket (TCP pushes back on the client) until the consumer is down to
       ``INBOUND_LOW_WATER``.
     - Outbound: while the socket's write buffer is over 64 KiB, the consumer's send
-      waits. Its channel then fills, and senders get ``internal-error`` ("the recipient
+      waits. Its mailbox then fills, and senders get ``internal-error`` ("the recipient
       is not keeping up") instead of the server buffering for the stalled client.
     """
-    if not under_daphne():
-        return
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
 
-    if getattr(WebSocketProtocol.onMessage, "flow_controlled", False):
-        return
     original_on_message = WebSocketProtocol.onMessage
     original_on_open = WebSocketProtocol.onOpen
     original_handle_reply = Server.handle_reply
@@ -159,13 +157,12 @@ def add_flow_control_under_daphne() -> None:
             await flow.writable.wait()
         await original_handle_reply(self, protocol, message)
 
-    on_message.flow_controlled = True  # type: ignore[attr-defined]
     WebSocketProtocol.onOpen = on_open
     WebSocketProtocol.onMessage = on_message
     Server.handle_reply = handle_reply
 
 
-def write_at_once_under_daphne() -> None:
+def _write_at_once() -> None:
     """Let Twisted write to a socket at once when nothing waits to be written before.
 
     Twisted buffers every write, asks the event loop to watch the socket for
@@ -174,12 +171,8 @@ def write_at_once_under_daphne() -> None:
     buffer only what the kernel does not take; this does the same. Whatever is left goes
     through Twisted's own path, with its buffer limits and producers.
     """
-    if not under_daphne():
-        return
     from twisted.internet.abstract import FileDescriptor
 
-    if getattr(FileDescriptor.write, "writes_at_once", False):
-        return
     original_write = FileDescriptor.write
 
     def write(self: FileDescriptor, data: bytes) -> None:
@@ -196,14 +189,11 @@ def write_at_once_under_daphne() -> None:
         ):
             try:
                 sent = sock.send(data)
-            except BlockingIOError:
+            except OSError:  # full (EAGAIN), or failed: Twisted's path meets it again and reports a loss
                 sent = 0
-            except OSError:
-                sent = 0  # Twisted's path meets the error again and reports the loss
             if sent == len(data):
                 return
             data = data[sent:]
         original_write(self, data)
 
-    write.writes_at_once = True  # type: ignore[attr-defined]
     FileDescriptor.write = write

@@ -107,16 +107,11 @@ async def deliver(addresses: Iterable[str], text: str) -> int:
     full mailbox here, or an unreachable channel layer). A frame for a connection that
     has just closed counts as delivered: it has left, or is about to leave, the room."""
     undelivered = 0
-    remote: dict[str, list[str]] = {}
-    for address in addresses:
-        inbox, _, socket_id = address.rpartition("#")
-        if inbox == _inbox:
-            mailbox = _mailboxes.get(socket_id)
-            if mailbox is not None and not mailbox.put_frame(text):
-                undelivered += 1
-                logger.warning("mailbox full, frame refused socketId=%s", socket_id)
-        else:
-            remote.setdefault(inbox, []).append(socket_id)
+    here, remote = _sorted(addresses)
+    for socket_id, mailbox in here:
+        if not mailbox.put_frame(text):
+            undelivered += 1
+            logger.warning("mailbox full, frame refused socketId=%s", socket_id)
     for inbox, socket_ids in remote.items():
         try:
             await get_channel_layer().send(inbox, {"type": _DELIVER, "to": socket_ids, "text": text})
@@ -140,17 +135,26 @@ def forward(text: str) -> Forward | None:
 
 async def close(addresses: Iterable[str], code: int) -> None:
     """Ask the transports holding these addresses to close them with ``code``."""
-    remote: dict[str, list[str]] = {}
-    for address in addresses:
-        inbox, _, socket_id = address.rpartition("#")
-        if inbox == _inbox:
-            if (mailbox := _mailboxes.get(socket_id)) is not None:
-                mailbox.put_close(code)
-        else:
-            remote.setdefault(inbox, []).append(socket_id)
+    here, remote = _sorted(addresses)
+    for _, mailbox in here:
+        mailbox.put_close(code)
     for inbox, socket_ids in remote.items():
         with contextlib.suppress(Exception):
             await get_channel_layer().send(inbox, {"type": _CLOSE, "to": socket_ids, "code": code})
+
+
+def _sorted(addresses: Iterable[str]) -> tuple[list[tuple[str, Mailbox]], dict[str, list[str]]]:
+    """The open mailboxes of this process's addresses, and the others' socketIds by
+    inbox. An address of this process without a mailbox has just closed: skipped."""
+    here: list[tuple[str, Mailbox]] = []
+    remote: dict[str, list[str]] = {}
+    for address in addresses:
+        inbox, _, socket_id = address.rpartition("#")
+        if inbox != _inbox:
+            remote.setdefault(inbox, []).append(socket_id)
+        elif (mailbox := _mailboxes.get(socket_id)) is not None:
+            here.append((socket_id, mailbox))
+    return here, remote
 
 
 async def _inbox_name() -> str:

@@ -15,9 +15,10 @@ import logging
 
 from django.conf import settings
 
-from calls import services
+from calls import delivery, services
 from calls.presence import get_presence
 from calls.presence.base import PresenceEvicted, PresenceUnavailable
+from calls.protocol import CloseCode
 
 logger = logging.getLogger("calls")
 
@@ -43,7 +44,7 @@ async def liveness_tick() -> None:
             await services.participant_lost(departure)
     except PresenceEvicted as evicted:
         logger.error("this process was declared dead by its peers; closing %d connections", len(evicted.channels))
-        await services.close_connections(evicted.channels)
+        await delivery.close(evicted.channels, CloseCode.GOING_AWAY)
     except PresenceUnavailable as exc:
         logger.warning("presence unavailable, will retry: %s", exc)
     except Exception:

@@ -295,19 +295,14 @@ async def shut_down_connections(timeout_secs: float) -> None:
         async with asyncio.timeout(timeout_secs):
             await asyncio.gather(*(_leave_current_room(caller, LeaveReason.DISCONNECTED) for caller in callers))
             await history.writer().drained()
-            await close_connections([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
+            await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
             if _connections:
                 await _all_closed.wait()
     except TimeoutError:
         logger.warning("shutdown timed out with %d connections open", len(_connections))
     except PresenceUnavailable as exc:
         logger.warning("shutdown without leaving rooms, presence unavailable: %s", exc)
-        await close_connections([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
-
-
-async def close_connections(channels: list[str], code: int = CloseCode.GOING_AWAY) -> None:
-    """Ask the transports holding these addresses to close their connections."""
-    await delivery.close(channels, code)
+        await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
 
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:

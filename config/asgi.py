@@ -13,19 +13,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware  # noqa: E402
 
 from accounts.websocket import OriginCheck, SessionFromCookie, WebsocketAuthMiddleware  # noqa: E402
-from calls.compat import (  # noqa: E402
-    add_flow_control_under_daphne,
-    allow_going_away_close_under_daphne,
-    defer_autobahn_debug_formatting,
-    write_at_once_under_daphne,
-)
+from calls.compat import adjust_daphne  # noqa: E402
 from calls.lifecycle import ServerLifecycle  # noqa: E402
 from calls.routing import websocket_urlpatterns  # noqa: E402
 
-allow_going_away_close_under_daphne()
-defer_autobahn_debug_formatting()
-add_flow_control_under_daphne()
-write_at_once_under_daphne()
+adjust_daphne()
 
 application = ServerLifecycle(
     ProtocolTypeRouter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -73,6 +74,14 @@ class Server:
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             return json.loads(response.read())["access"]
+
+    def metric(self, sample: str) -> float:
+        """A sample of the process's ``/metrics``, e.g. ``calls_x_total{label="v"}``; 0
+        if it has none yet."""
+        with urllib.request.urlopen(f"{self.http}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        match = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:

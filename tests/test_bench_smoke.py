@@ -6,6 +6,7 @@ messages (against bench/mock_server.mjs, which spoils some on purpose)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import BENCH_DIR, LOADGEN, ensure_node_deps, node
-from tests.servers import PROJECT_DIR, Server, free_port, wait_until_serving
+from bench.run import LOADGEN, ensure_node_deps, node, server_command
+from tests.servers import PROJECT_DIR, Server, start_servers
 
 RUN_TIMEOUT_SECS = 120
 ROOMS, SIZE = 5, 4
@@ -53,18 +54,11 @@ def test_a_quick_s1_run_delivers_every_message_to_its_target_only() -> None:
 def mock_server(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Server]:
     """The mock relay, spoiling every 25th relay after setup in the way the test names."""
     ensure_node_deps()
-    port = free_port()
-    log_path = tmp_path / "mock.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [node(), str(BENCH_DIR / "mock_server.mjs"), "--port", str(port), "--fault", request.param,
-             "--fault-every", "25", "--fault-after", str(SETUP_RELAYS)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    server = Server(port, process, log_path)
+    fault = ["--fault", request.param, "--fault-every", "25", "--fault-after", str(SETUP_RELAYS)]
+    [server] = start_servers(
+        lambda index, port: server_command("mock", port) + fault, dict(os.environ), [tmp_path / "mock.log"]
+    )
     try:
-        wait_until_serving(server)
         yield server
     finally:
         server.stop(signal.SIGKILL)

@@ -9,9 +9,7 @@ import secrets
 import signal
 import sqlite3
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,12 +69,11 @@ async def clients() -> AsyncIterator[list[WsClient]]:
     """Clients opened by a test through ``connect_to``; all closed after it."""
     opened: list[WsClient] = []
     yield opened
-    async with AsyncExitStack():
-        for client in opened:
-            try:
-                await client.close()
-            except Exception:  # noqa: S110 - the server may be gone already
-                pass
+    for client in opened:
+        try:
+            await client.close()
+        except Exception:  # noqa: S110 - the server may be gone already
+            pass
 
 
 async def connect_to(cluster: Cluster, clients: list[WsClient], server: int, user: str) -> WsClient:
@@ -262,7 +259,7 @@ async def test_frames_for_a_stalled_client_on_another_process_are_capped_and_cou
         "webrtc:ice-candidate", {"callRoomId": "stall", "targetSocketId": carol.socket_id, "candidate": ""}
     )
     await carol.expect("webrtc:ice-candidate", timeout=30)
-    dropped = int(metric(cluster.servers[1], "calls_dropped_messages_total"))
+    dropped = int(cluster.servers[1].metric("calls_dropped_messages_total"))
     assert dropped > 0, "nothing was dropped for a client that reads nothing"
     bob.connection.transport.resume_reading()
     received = []
@@ -278,10 +275,3 @@ async def test_frames_for_a_stalled_client_on_another_process_are_capped_and_cou
     await alice.expect("webrtc:ice-candidate")
     await alice.send("webrtc:ice-candidate", {"callRoomId": "stall", "targetSocketId": bob.socket_id, "candidate": ""})
     await bob.expect("webrtc:ice-candidate")
-
-
-def metric(server: Server, name: str) -> float:
-    with urllib.request.urlopen(f"{server.http}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
 from accounts.models import User
 from calls.limits import DROPS_BEFORE_CLOSE, FrameLimiter, Verdict
-from tests.calls.conftest import InRoom
+from tests.calls.conftest import InRoom, all_silent
 from tests.conftest import ConnectFactory, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -67,10 +68,10 @@ def test_drops_older_than_a_minute_are_forgotten() -> None:
 
 
 async def test_excess_frames_are_dropped_with_one_rate_limited_error(
-    in_room: InRoom, settings: object, alice: User, bob: User
+    in_room: InRoom, settings: Any, alice: User, bob: User
 ) -> None:
-    settings.CALLS_RATE_BURST = 6  # type: ignore[attr-defined] - the join, then five relays
-    settings.CALLS_RATE_LIMIT = 1  # type: ignore[attr-defined]
+    settings.CALLS_RATE_BURST = 6  # the join, then five relays
+    settings.CALLS_RATE_LIMIT = 1
     sender, receiver = await in_room("r", alice, bob)
     for i in range(20):
         await sender.send("webrtc:ice-candidate", {"callRoomId": "r", "targetSocketId": receiver.socket_id,
@@ -79,14 +80,26 @@ async def test_excess_frames_are_dropped_with_one_rate_limited_error(
     assert "id" not in error
     delivered = [(await receiver.expect("webrtc:ice-candidate"))["data"]["candidate"] for _ in range(5)]
     assert delivered == [f"c{i}" for i in range(5)]
-    await asyncio.gather(sender.expect_silence(), receiver.expect_silence())
+    await all_silent(sender, receiver)
+
+
+async def test_the_rate_is_checked_before_the_content(in_room: InRoom, settings: Any, alice: User, bob: User) -> None:
+    """Tests PROTOCOL.md §3's order: a frame over the rate is answered ``rate-limited``,
+    not judged on its content (here: not JSON at all)."""
+    settings.CALLS_RATE_BURST = 1  # the join
+    settings.CALLS_RATE_LIMIT = 1
+    sender, receiver = await in_room("r", alice, bob)
+    await sender.send_raw("not json")
+    await sender.expect_error("rate-limited")
+    await all_silent(sender, receiver)
 
 
 async def test_a_flooding_connection_is_closed_with_4429(
-    in_room: InRoom, settings: object, alice: User, bob: User
+    in_room: InRoom, settings: Any, alice: User, bob: User
 ) -> None:
-    settings.CALLS_RATE_BURST = 2  # type: ignore[attr-defined] - the join, then one relay
-    settings.CALLS_RATE_LIMIT = 1  # type: ignore[attr-defined]
+    assert DROPS_BEFORE_CLOSE == 1000  # PROTOCOL.md §5 rule 7
+    settings.CALLS_RATE_BURST = 2  # the join, then one relay
+    settings.CALLS_RATE_LIMIT = 1
     flooder, other = await in_room("r", alice, bob)
     frame = json.dumps({"event": "webrtc:ice-candidate", "data": {"callRoomId": "r", "candidate": "x"}})
     for _ in range(DROPS_BEFORE_CLOSE + 1):

@@ -231,17 +231,23 @@ function meshWorld({ room = 'call_1' } = {}) {
   return { server, PeerConnection, users, add, pcOf };
 }
 
+/** A mesh world in which `names` have joined in turn, each join settled before the next. */
+async function joinedWorld(names = ['alice', 'bob']) {
+  const world = meshWorld();
+  for (const name of names) {
+    await world.add(name).mesh.join();
+    await settle();
+  }
+  return world;
+}
+
 function errorsOf(user) {
   return user.events.filter(([event]) => event === 'error');
 }
 
 describe('CallMesh', () => {
   test('the newcomer offers to every existing participant, who answer; all end stable', async () => {
-    const { server, users, add, pcOf } = meshWorld();
-    for (const name of ['alice', 'bob', 'carol']) {
-      await add(name).mesh.join();
-      await settle();
-    }
+    const { server, users, pcOf } = await joinedWorld(['alice', 'bob', 'carol']);
     const offers = server.relayed.filter((r) => r.event === 'webrtc:offer').map((r) => `${r.from}→${r.to}`);
     assert.deepEqual(offers.sort(), ['bob-2→alice-1', 'carol-3→alice-1', 'carol-3→bob-2']);
     const answers = server.relayed.filter((r) => r.event === 'webrtc:answer').map((r) => `${r.from}→${r.to}`);
@@ -280,11 +286,7 @@ describe('CallMesh', () => {
   });
 
   test('tells the UI of participants, their tracks and connection states, with names', async () => {
-    const { users, add, pcOf } = meshWorld();
-    await add('alice').mesh.join();
-    await settle();
-    await add('bob').mesh.join();
-    await settle();
+    const { users, pcOf } = await joinedWorld();
     pcOf('alice', 'bob').reportConnectionState('connected');
     const seen = users.alice.events.map(([event, data]) => [event, data.participant?.username, data.state]);
     assert.deepEqual(seen, [
@@ -296,11 +298,7 @@ describe('CallMesh', () => {
   });
 
   test('glare: the polite peer rolls back and answers, the impolite one ignores the colliding offer', async () => {
-    const { users, add, pcOf } = meshWorld();
-    await add('alice').mesh.join();
-    await settle();
-    await add('bob').mesh.join();
-    await settle();
+    const { users, pcOf } = await joinedWorld();
     // socketIds "alice-1" < "bob-2": bob is polite.
     assert.equal(users.bob.mesh.peers.get('alice-1').polite, true);
     assert.equal(users.alice.mesh.peers.get('bob-2').polite, false);
@@ -324,11 +322,7 @@ describe('CallMesh', () => {
   });
 
   test('a participant who leaves has its connection closed and its departure told', async () => {
-    const { users, add } = meshWorld();
-    for (const name of ['alice', 'bob', 'carol']) {
-      await add(name).mesh.join();
-      await settle();
-    }
+    const { users } = await joinedWorld(['alice', 'bob', 'carol']);
     const carolId = users.carol.client.socketId;
     const alicePcToCarol = users.alice.mesh.peers.get(carolId).pc;
     await users.carol.mesh.leave();
@@ -356,11 +350,7 @@ describe('CallMesh', () => {
   });
 
   test('after a reconnect with a new socketId the mesh rejoins as a newcomer', async () => {
-    const { server, users, add } = meshWorld();
-    await add('alice').mesh.join();
-    await settle();
-    await add('bob').mesh.join();
-    await settle();
+    const { server, users } = await joinedWorld();
     const reconnected = new Promise((resolve) => users.alice.client.once('connect', resolve));
     server.drop('alice-1');
     await reconnected;
@@ -375,11 +365,7 @@ describe('CallMesh', () => {
   });
 
   test('restarts ICE when a connection fails', async () => {
-    const { add, pcOf } = meshWorld();
-    await add('alice').mesh.join();
-    await settle();
-    await add('bob').mesh.join();
-    await settle();
+    const { pcOf } = await joinedWorld();
     pcOf('alice', 'bob').reportConnectionState('failed');
     assert.equal(pcOf('alice', 'bob').restarts, 1);
   });

@@ -2,7 +2,7 @@
  * The call page: sign in, pick a group or a room, join with camera and microphone.
  * Everything that touches signaling goes through signaling.js.
  */
-import { CallMesh, SignalingClient } from './signaling.js';
+import { CallMesh, CLOSE_UNAUTHENTICATED, SignalingClient } from './signaling.js';
 
 const TOKENS_KEY = 'calls.tokens';
 const REFRESH_MARGIN_SECS = 60; // refresh the access token when it has less than this left
@@ -223,7 +223,7 @@ function watch(client, mesh) {
   client.on('disconnect', ({ code, willReconnect }) => {
     if (app.client !== client) return;
     if (willReconnect) $('call-status').textContent = 'Connection lost; reconnecting…';
-    else if (code === 4401) signOut(ERROR_TEXT.unauthenticated);
+    else if (code === CLOSE_UNAUTHENTICATED) signOut(ERROR_TEXT.unauthenticated);
   });
   client.on('connect', () => {
     $('call-status').textContent = '';
@@ -237,7 +237,6 @@ function endCall() {
   const { client, mesh, localStream } = app;
   Object.assign(app, { client: null, mesh: null, localStream: null });
   mesh?.leave().finally(() => client?.close());
-  if (!mesh) client?.close();
   for (const track of localStream?.getTracks() ?? []) track.stop();
   $('tiles').replaceChildren();
   $('call-status').textContent = '';
@@ -280,8 +279,7 @@ function addTile(participant, { local = false } = {}) {
   tile.querySelector('.name').textContent = local ? `${name} (you)` : name || 'Guest';
   const video = tile.querySelector('video');
   video.muted = local; // never play our own microphone back
-  if (local) setTileState(tile, 'connected');
-  else setTileState(tile, 'new');
+  setTileState(tile, local ? 'connected' : 'new');
   $('tiles').append(tile);
   return tile;
 }

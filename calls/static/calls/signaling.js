@@ -522,7 +522,7 @@ export class CallMesh extends Listeners {
   }
 
   #forget(socketId, reason) {
-    const participant = this.participants.get(socketId) ?? { socketId };
+    const participant = this.#participant(socketId);
     this.#closePeer(socketId);
     if (this.participants.delete(socketId)) this.dispatch('participant-left', { participant, reason });
   }
