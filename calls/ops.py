@@ -19,7 +19,7 @@ from calls.presence import get_presence
 
 logger = logging.getLogger("calls")
 
-READINESS_PROBE_CHANNEL = "calls.readiness-probe"
+READINESS_PROBE_GROUP = "calls.readiness-probe"
 
 
 @require_GET
@@ -51,8 +51,9 @@ def _check_database() -> None:
 
 async def _check_layer() -> None:
     layer = get_channel_layer()
-    # A message to a channel nobody reads: it reaches the backend and expires there.
-    await layer.send(READINESS_PROBE_CHANNEL, {"type": "probe"})
+    # A message to a group nobody is in: it reaches the backend and is stored nowhere. (A
+    # channel nobody reads would keep each probe for a minute, and refuse the 101st.)
+    await layer.group_send(READINESS_PROBE_GROUP, {"type": "probe"})
 
 
 async def _check_presence() -> None:

@@ -28,6 +28,13 @@ async def test_readyz_checks_the_database_the_layer_and_presence(async_client: A
     }
 
 
+async def test_readyz_stays_ready_under_frequent_probes(async_client: AsyncClient) -> None:
+    """Tests that probes leave nothing behind: a channel layer holds at most 100 messages
+    per channel, and load balancers probe every few seconds."""
+    for _ in range(150):
+        assert (await async_client.get("/readyz")).status_code == 200
+
+
 async def test_readyz_is_503_when_presence_is_unreachable(
     async_client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
