@@ -38,6 +38,7 @@ class ServerLifecycle:
         self._lock: asyncio.Lock | None = None
         self._liveness: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
+        self._shut_down = False
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         if scope["type"] == "lifespan":
@@ -75,7 +76,11 @@ class ServerLifecycle:
                 return
 
     async def shutdown(self) -> None:
-        """Leave every room and close every connection of this process, then stop beating."""
+        """Leave every room and close every connection of this process, then stop beating.
+        Once: under uvicorn, the SIGTERM handler's shutdown is followed by the lifespan's."""
+        if self._shut_down:
+            return
+        self._shut_down = True
         await services.shut_down_connections(settings.CALLS_SHUTDOWN_TIMEOUT_SECS)
         if self._liveness is not None:
             self._liveness.cancel()
@@ -98,12 +103,12 @@ class ServerLifecycle:
             finally:
                 stop_server()
 
-        def on_sigterm(signum: int, frame: Any) -> None:
+        def on_sigterm() -> None:
             if self._stopping is None:
                 logger.info("SIGTERM: closing connections before stopping")
                 self._stopping = loop.create_task(shut_down_then_stop())
 
-        signal.signal(signal.SIGTERM, lambda signum, frame: loop.call_soon_threadsafe(on_sigterm, signum, frame))
+        signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(on_sigterm))
 
 
 async def close_orphaned_sessions(presence: Presence) -> None:

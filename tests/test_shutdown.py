@@ -1,4 +1,4 @@
-"""Tests that SIGTERM shuts a real daphne process down gracefully: its participants
+"""Tests that SIGTERM shuts a real server process down gracefully: its participants
 leave their rooms as ``disconnected``, its websockets close with 1001, its database rows
 are closed, and it exits within ``CALLS_SHUTDOWN_TIMEOUT_SECS``."""
 
@@ -10,10 +10,11 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.redis_server import RedisServer
-from tests.servers import Server, prepare_database, server_env, start_daphnes
+from tests.servers import SERVER_COMMANDS, Server, prepare_database, server_env, start_daphnes, start_servers
 from tests.wsclient import WsClient
 
 SHUTDOWN_TIMEOUT_SECS = 5
@@ -41,10 +42,14 @@ def participant_rows(database: Path) -> list[tuple]:
         return db.execute("SELECT left_at IS NOT NULL, leave_reason FROM calls_callparticipant").fetchall()
 
 
-async def test_sigterm_closes_every_connection_after_leaving_its_room(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
+async def test_sigterm_closes_every_connection_after_leaving_its_room(tmp_path: Path, kind: str) -> None:
+    """Tests also that the shutdown runs once (uvicorn follows SIGTERM with a lifespan
+    shutdown)."""
     env = server_env(tmp_path / "db.sqlite3", CALLS_SHUTDOWN_TIMEOUT_SECS=str(SHUTDOWN_TIMEOUT_SECS))
     prepare_database(env)
-    (server,) = start_daphnes(env, [tmp_path / "daphne.log"])
+    command = SERVER_COMMANDS[kind]
+    (server,) = start_servers(lambda index, port: command(port), env, [tmp_path / f"{kind}.log"])
     try:
         alice = await WsClient.open(server.ws, server.token("alice"))
         bob = await WsClient.open(server.ws, server.token("bob"))
@@ -60,6 +65,7 @@ async def test_sigterm_closes_every_connection_after_leaving_its_room(tmp_path: 
         assert participant_rows(tmp_path / "db.sqlite3") == [(1, "disconnected"), (1, "disconnected")]
         with sqlite3.connect(tmp_path / "db.sqlite3") as db:
             assert db.execute("SELECT count(*) FROM calls_callroom WHERE ended_at IS NULL").fetchone() == (0,)
+        assert server.log().count("shutting down") == 1, server.log()[-3000:]
     finally:
         server.stop(signal.SIGKILL)
 
