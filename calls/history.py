@@ -37,27 +37,22 @@ class HistoryWriter:
 
     def __init__(self) -> None:
         self._queue: list[tuple[Callable[..., Any], dict[str, Any]]] = []
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task | None = None  # runs until the queue is empty
 
     def submit(self, write: Callable[..., Any], **kwargs: Any) -> None:
         self._queue.append((write, kwargs))
-        self._idle.clear()
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def drained(self) -> None:
         """Return once every write submitted so far is in the database."""
-        await self._idle.wait()
+        if self._task is not None:
+            await asyncio.wait({self._task})
 
     async def _run(self) -> None:
-        try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                await database_sync_to_async(_apply)(batch)
-        finally:
-            self._idle.set()
+        while self._queue:
+            batch, self._queue = self._queue, []
+            await database_sync_to_async(_apply)(batch)
 
 
 @transaction.atomic
@@ -109,7 +104,9 @@ def _parse_time(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
-@transaction.atomic
+# The writes below run through the writer, which applies each in its own savepoint.
+
+
 def record_join(
     *,
     session: RoomSession,
@@ -120,7 +117,7 @@ def record_join(
 ) -> None:
     """Record a join (and the departure from the previous room of a switch)."""
     if previous is not None:
-        _record_departure(previous, LeaveReason.SWITCHED_ROOM, previous_counts or RelayCounts())
+        record_leave(departure=previous, reason=LeaveReason.SWITCHED_ROOM, counts=previous_counts or RelayCounts())
     call = _session_row(session)
     CallParticipant.objects.create(
         call=call,
@@ -131,12 +128,7 @@ def record_join(
     CallRoom.objects.filter(pk=call.pk).update(peak_participants=Greatest(F("peak_participants"), member_count))
 
 
-@transaction.atomic
 def record_leave(*, departure: Departure, reason: LeaveReason, counts: RelayCounts) -> None:
-    _record_departure(departure, reason, counts)
-
-
-def _record_departure(departure: Departure, reason: LeaveReason, counts: RelayCounts) -> None:
     now = timezone.now()
     session_id = departure.session.session_id
     CallParticipant.objects.filter(call__session_id=session_id, socket_id=departure.participant.socket_id).update(

@@ -12,7 +12,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import CookieMiddleware  # noqa: E402
 
-from accounts.websocket import OriginCheck, SessionFromCookie, WebsocketAuthMiddleware  # noqa: E402
+from accounts.websocket import OriginCheck, WebsocketAuthMiddleware  # noqa: E402
 from calls.compat import adjust_daphne  # noqa: E402
 from calls.lifecycle import ServerLifecycle  # noqa: E402
 from calls.routing import websocket_urlpatterns  # noqa: E402
@@ -23,9 +23,7 @@ application = ServerLifecycle(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": OriginCheck(
-                CookieMiddleware(SessionFromCookie(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))))
-            ),
+            "websocket": OriginCheck(CookieMiddleware(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns)))),
         }
     )
 )
