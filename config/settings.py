@@ -182,13 +182,18 @@ for _server in CALLS_ICE_SERVERS:
         raise ImproperlyConfigured(
             'CALLS_ICE_SERVERS must be a list of RTCIceServer objects, each with "urls" (a string or a list).'
         )
-for _network in CALLS_METRICS_ALLOWED_IPS + CALLS_TRUSTED_PROXIES:
+for _network in CALLS_METRICS_ALLOWED_IPS:
     try:
         ipaddress.ip_network(_network, strict=False)
     except ValueError:
         raise ImproperlyConfigured(
-            f"{_network!r} in CALLS_METRICS_ALLOWED_IPS or CALLS_TRUSTED_PROXIES is not an IP address or network."
+            f"{_network!r} in CALLS_METRICS_ALLOWED_IPS is not an IP address or network."
         ) from None
+for _proxy in CALLS_TRUSTED_PROXIES:  # matched address by address, so networks are refused
+    try:
+        ipaddress.ip_address(_proxy)
+    except ValueError:
+        raise ImproperlyConfigured(f"{_proxy!r} in CALLS_TRUSTED_PROXIES is not an IP address.") from None
 if CALLS_TURN_URLS and not CALLS_TURN_SECRET:
     raise ImproperlyConfigured("CALLS_TURN_URLS is set without CALLS_TURN_SECRET: set the coturn static-auth-secret.")
 

@@ -83,6 +83,7 @@ def test_each_calls_setting_is_read_from_the_environment(monkeypatch: pytest.Mon
         ("DEBUG", "maybe", "not a boolean"),
         ("CALLS_METRICS_ALLOWED_IPS", "10.0.0.0/8,localhost", "not an IP address"),
         ("CALLS_TRUSTED_PROXIES", "proxy.internal", "not an IP address"),
+        ("CALLS_TRUSTED_PROXIES", "10.0.0.0/8", "not an IP address"),
         ("REDIS_CHANNEL_LAYER", "rabbit", "use one of"),
     ],
 )
