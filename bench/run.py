@@ -50,6 +50,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 LOADGEN = BENCH_DIR / "loadgen.mjs"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MAX_RESTARTS = 4  # fresh servers for one bisection, after overloads left them unusable
+BISECT_RATIO = 1.1  # the bisection stops when its bounds are this close
 DRAIN_SECS = 30 + 10  # the generator's longest wait for a backlog, then for idle servers
 BENCH_PASSWORD = "bench-pass-123"  # noqa: S105 - throwaway users of a throwaway database
 # The generator's clients send far above the per-connection default (S2 at 20,000 msg/s
@@ -263,7 +264,7 @@ def start_kind(kind: str, env: dict[str, str], cores: list[int | None], workdir:
 # ---------------------------------------------------------------- one run
 
 
-def bisect_steps(lo: int, hi: int, ratio: float = 1.1) -> int:
+def bisect_steps(lo: int, hi: int, ratio: float = BISECT_RATIO) -> int:
     return math.ceil(math.log2(max(2.0, math.log(hi / lo) / math.log(ratio)))) + 1
 
 
@@ -276,7 +277,7 @@ def loadgen_args(scenario: Scenario, options: Options, bisect: tuple[int, int] |
             "--join-rate", str(options.join_rate), "--rate", str(rate), "--duration", str(duration),
             "--p99-limit-ms", str(options.p99_limit_ms), "--step-secs", str(options.step_secs)]  # fmt: skip
     if bisect is not None:
-        args += ["--bisect-lo", str(bisect[0]), "--bisect-hi", str(bisect[1])]
+        args += ["--bisect-lo", str(bisect[0]), "--bisect-hi", str(bisect[1]), "--bisect-ratio", str(BISECT_RATIO)]
     return args
 
 
@@ -352,7 +353,7 @@ def run_one(kind: str, processes: int, scenario: Scenario, options: Options, wor
             report = outcome
         steps += (outcome.get("bisect") or {}).get("steps", [])
         search = outcome.get("bisect")
-        if search and search["broken"] and restarts < MAX_RESTARTS and search["hi"] / search["lo"] > 1.1:
+        if search and search["broken"] and restarts < MAX_RESTARTS and search["hi"] / search["lo"] > BISECT_RATIO:
             # An overload left the servers unfit to measure (connections lost, or a
             # backlog still being worked off): go on with fresh servers from the bounds
             # reached so far.
