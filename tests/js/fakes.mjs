@@ -82,13 +82,21 @@ export class FakeServer {
     };
   }
 
+  /** Send `frame` to the client of `socketId` (in a room), as the server would. */
+  push(socketId, frame) {
+    this.#send(this.#entry(socketId).ws, frame);
+  }
+
   /** Drop a connection from the server side, without a close frame from the client. */
   drop(socketId, code = 1006) {
-    const entry = [...this.rooms.values()].flat().find((e) => e.participant.socketId === socketId);
-    const { ws } = entry;
+    const { ws } = this.#entry(socketId);
     ws.readyState = 3;
     this.#gone(ws, 'disconnected');
     setImmediate(() => ws.onclose?.({ code, reason: '' }));
+  }
+
+  #entry(socketId) {
+    return [...this.rooms.values()].flat().find((e) => e.participant.socketId === socketId);
   }
 
   #accept(ws) {

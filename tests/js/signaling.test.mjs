@@ -364,6 +364,28 @@ describe('CallMesh', () => {
     for (const name of ['alice', 'bob']) users[name].client.close();
   });
 
+  test('relay errors: a target gone is no error, any other failure of a relay is', async () => {
+    const { server, users } = await joinedWorld();
+    const alice = users.alice.client.socketId;
+    const relayError = (error) => ({ event: 'webrtc:signaling-error', data: { error, message: error, event: 'webrtc:offer' } });
+    for (const error of ['participant-not-found', 'not-in-room', 'room-not-found']) server.push(alice, relayError(error));
+    server.push(alice, relayError('internal-error'));
+    server.push(alice, { event: 'webrtc:signaling-error', data: { error: 'internal-error', message: 'x', event: 'webrtc:join-room' } });
+    await settle();
+    assert.deepEqual(errorsOf(users.alice).map(([, data]) => data.error.code), ['internal-error']);
+  });
+
+  test('ignores frames of another room', async () => {
+    const { server, users } = await joinedWorld();
+    const alice = users.alice.client.socketId;
+    const stranger = { socketId: 'zed-9', userId: 'zed', username: 'zed', displayName: 'ZED' };
+    server.push(alice, { event: 'webrtc:participant-joined', data: { callRoomId: 'elsewhere', participant: stranger } });
+    server.push(alice, { event: 'webrtc:offer', data: { callRoomId: 'elsewhere', fromSocketId: 'zed-9', fromUserId: 'zed', offer: { type: 'offer', sdp: 'v=0' } } });
+    await settle();
+    assert.deepEqual([...users.alice.mesh.participants.keys()], [users.bob.client.socketId]);
+    assert.equal(users.alice.mesh.peers.has('zed-9'), false);
+  });
+
   test('restarts ICE when a connection fails', async () => {
     const { pcOf } = await joinedWorld();
     pcOf('alice', 'bob').reportConnectionState('failed');
