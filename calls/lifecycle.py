@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import signal
+import threading
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -86,7 +87,15 @@ class ServerLifecycle:
             self._liveness.cancel()
 
     def _install_sigterm_handler(self) -> None:
-        """Put graceful shutdown in front of the server's own SIGTERM handling."""
+        """Put graceful shutdown in front of the server's own SIGTERM handling.
+
+        Only the main thread may set signal handlers. daphne and uvicorn run the event
+        loop there; ``runserver`` runs it in a thread of its autoreloader, whose parent
+        process owns the signals, so a development server stops without the graceful
+        path (nothing to hand over there)."""
+        if threading.current_thread() is not threading.main_thread():
+            logger.info("event loop outside the main thread (runserver): SIGTERM stops the process at once")
+            return
         loop = asyncio.get_running_loop()
         previous = signal.getsignal(signal.SIGTERM)
 
