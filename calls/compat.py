@@ -4,26 +4,87 @@ is the server: each for a rule of the contract, for flow control, or for a measu
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import sys
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from calls import metrics
+
+# The releases these adjustments were written and tested against. Each one replaces a
+# method of these libraries or relies on their internals, so another release must be
+# checked again (and this table updated) before it serves: refusing to start is better
+# than a server that silently corrupts frames.
+WRITTEN_FOR = {"daphne": "4.2.3", "Twisted": "26.10.0", "autobahn": "26.10.2"}
+
+# Modules that only daphne's own entry points import: its command line (``daphne`` and
+# ``python -m daphne``) and its ``runserver``. ``daphne.server`` alone says nothing:
+# daphne's app config imports it, so it is loaded under uvicorn and in every
+# management command as soon as ``daphne`` is in INSTALLED_APPS.
+DAPHNE_ENTRY_MODULES = ("daphne.cli", "daphne.management.commands.runserver")
 
 _adjusted = False
 
 
+def daphne_is_the_server() -> bool:
+    return any(name in sys.modules for name in DAPHNE_ENTRY_MODULES)
+
+
+def adjusted() -> bool:
+    """Whether this process made the adjustments below."""
+    return _adjusted
+
+
 def adjust_daphne() -> None:
-    """Make every adjustment below, once, if daphne is the server: its command line
-    imports ``daphne.server`` (which installs Twisted's reactor on import) before it
-    loads the application. Under any other server, nothing here is imported or changed."""
+    """Make every adjustment below, once, if daphne is the server running this process.
+    Under any other server (and in management commands) nothing is changed."""
     global _adjusted
-    if _adjusted or "daphne.server" not in sys.modules:
+    if _adjusted or not daphne_is_the_server():
         return
+    check_daphne_stack()
     _adjusted = True
     _allow_going_away_close()
     _defer_autobahn_debug_formatting()
     _add_flow_control()
     _write_at_once()
+
+
+def check_daphne_stack(installed: dict[str, str] | None = None) -> None:
+    """Refuse to start on releases other than those of ``WRITTEN_FOR``, or when an
+    attribute the adjustments replace or read is missing."""
+    if installed is None:
+        installed = {name: importlib.metadata.version(name) for name in WRITTEN_FOR}
+    different = [f"{name} {installed[name]} (expected {WRITTEN_FOR[name]})" for name in WRITTEN_FOR
+                 if installed[name] != WRITTEN_FOR[name]]  # fmt: skip
+    if different:
+        raise ImproperlyConfigured(
+            f"calls.compat adjusts daphne and was written for {_releases(WRITTEN_FOR)}, but this "
+            f"process has {', '.join(different)}. Install the pinned versions of requirements.txt, or "
+            "check each adjustment in calls/compat.py against the new release and update WRITTEN_FOR."
+        )
+    from autobahn.websocket import protocol
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet.abstract import FileDescriptor
+
+    required = {
+        WebSocketProtocol: ("serverClose", "sendCloseFrame", "onOpen", "onMessage"),
+        Server: ("handle_reply",),
+        FileDescriptor: ("write", "dataBuffer", "_writeDisconnected", "connected", "disconnecting"),
+        protocol: ("pformat",),
+    }
+    missing = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, names in required.items()
+               for name in names if not hasattr(owner, name)]  # fmt: skip
+    if missing:
+        raise ImproperlyConfigured(
+            f"calls.compat cannot adjust daphne: {', '.join(missing)} no longer exist. Check calls/compat.py "
+            "against the installed daphne, Twisted and autobahn."
+        )
+
+
+def _releases(versions: dict[str, str]) -> str:
+    return ", ".join(f"{name} {version}" for name, version in versions.items())
 
 
 def _allow_going_away_close() -> None:

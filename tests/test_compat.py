@@ -1,0 +1,77 @@
+"""Tests that the daphne adjustments are made under daphne only, and that a release they
+were not written for stops the process at start with a sentence saying so."""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from calls import compat
+from tests.servers import prepare_database, server_env, start_servers
+
+PROBE = "tests.compat_probe:application"
+ADJUSTED = [
+    "FileDescriptor.write",
+    "Server.handle_reply",
+    "WebSocketProtocol.onMessage",
+    "WebSocketProtocol.onOpen",
+    "WebSocketProtocol.serverClose",
+    "autobahn.protocol.pformat",
+]
+
+COMMANDS: dict[str, Callable[[int], list[str]]] = {
+    "daphne": lambda port: [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), PROBE],
+    "uvicorn": lambda port: [sys.executable, "-m", "uvicorn", PROBE, "--host", "127.0.0.1", "--port", str(port),
+                             "--ws", "websockets-sansio", "--loop", "uvloop", "--log-level", "warning"],
+}  # fmt: skip
+
+
+def probe(kind: str, workdir: Path) -> dict:
+    env = server_env(workdir / "db.sqlite3")
+    prepare_database(env)
+    command = COMMANDS[kind]
+    [server] = start_servers(lambda index, port: command(port), env, [workdir / f"{kind}.log"])
+    try:
+        with urllib.request.urlopen(f"{server.http}/compat-probe", timeout=10) as response:
+            return json.loads(response.read())
+    finally:
+        server.stop()
+
+
+def test_nothing_of_daphne_is_replaced_under_uvicorn(tmp_path: Path) -> None:
+    assert probe("uvicorn", tmp_path) == {"adjusted": False, "replaced": []}
+
+
+def test_daphne_serving_is_adjusted(tmp_path: Path) -> None:
+    assert probe("daphne", tmp_path) == {"adjusted": True, "replaced": ADJUSTED}
+
+
+def test_management_commands_do_not_adjust_daphne() -> None:
+    """daphne in INSTALLED_APPS imports daphne.server; that alone must not count."""
+    assert "daphne.server" in sys.modules
+    assert not compat.daphne_is_the_server()
+
+
+def test_the_pinned_releases_pass() -> None:
+    compat.check_daphne_stack(dict(compat.WRITTEN_FOR))
+
+
+@pytest.mark.parametrize("library", sorted(compat.WRITTEN_FOR))
+def test_another_release_refuses_to_start(library: str) -> None:
+    installed = dict(compat.WRITTEN_FOR, **{library: "99.0.0"})
+    with pytest.raises(ImproperlyConfigured, match=rf"{library} 99\.0\.0 \(expected {compat.WRITTEN_FOR[library]}\)"):
+        compat.check_daphne_stack(installed)
+
+
+def test_a_missing_attribute_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daphne.server import Server
+
+    monkeypatch.delattr(Server, "handle_reply")
+    with pytest.raises(ImproperlyConfigured, match=r"Server\.handle_reply no longer exist"):
+        compat.check_daphne_stack(dict(compat.WRITTEN_FOR))
