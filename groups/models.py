@@ -13,6 +13,9 @@ class Group(models.Model):
 
     class Meta:
         ordering = ("name", "id")
+        # Told apart from django.contrib.auth's "Groups" (permissions) in the admin.
+        verbose_name = "chat group"
+        verbose_name_plural = "chat groups"
 
     def __str__(self) -> str:
         return self.name

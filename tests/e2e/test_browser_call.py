@@ -15,35 +15,14 @@ import os
 import shutil
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
-from tests.e2e.conftest import DEMO_GROUP, PASSWORD
+from tests.e2e.conftest import DEMO_GROUP, DESKTOP, PASSWORD, STEP_TIMEOUT_MS
 from tests.servers import PROJECT_DIR, Server
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    # Keep media on this machine: loopback candidates too (a CI box may have nothing else),
-    # and plain host addresses rather than mDNS names, which would need multicast look-ups.
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
-]
-DESKTOP = {"width": 1280, "height": 720}
 PHONE = {"width": 390, "height": 844}
-STEP_TIMEOUT_MS = 30_000  # generous for two loaded cores; every wait ends on its condition
 POLL_MS = 20  # resolution of the connection timing
 ARTIFACTS = Path(__file__).parent / "artifacts"
 SCREENSHOT = ARTIFACTS / "screenshot-call.png"
@@ -63,16 +42,6 @@ REMOTE_VIDEOS_PLAYING = """count => {
     const videos = [...document.querySelectorAll('.tile.remote video')];
     return videos.length === count && videos.every(video => video.videoWidth > 0 && !video.paused);
 }"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 class PageErrors(list[str]):
