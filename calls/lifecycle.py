@@ -125,8 +125,8 @@ async def close_orphaned_sessions(presence: Presence) -> None:
     single process starting; those left by processes that died unseen, for a cluster."""
     try:
         live = set()
-        for room_id, session_id in await database_sync_to_async(history.open_sessions)():
-            session = await presence.session(room_id=room_id)
+        for key, session_id in await database_sync_to_async(history.open_sessions)():
+            session = await presence.session(room_key=key)
             if session is not None and session.session_id == session_id:
                 live.add(session_id)
     except PresenceUnavailable:

@@ -6,7 +6,8 @@ import datetime as dt
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 
 
 class CallRoom(models.Model):
@@ -36,8 +37,11 @@ class CallRoom(models.Model):
     class Meta:
         ordering = ("-started_at",)
         constraints = [
-            # A room id has many sessions over time, at most one live.
-            models.UniqueConstraint(fields=("room_id",), condition=Q(ended_at__isnull=True), name="one_live_session")
+            # A room (its id within its group, or without one) has many sessions over
+            # time, at most one live. Coalesce: NULL groups would never collide.
+            models.UniqueConstraint(
+                F("room_id"), Coalesce("group", 0), condition=Q(ended_at__isnull=True), name="one_live_session_per_room"
+            )
         ]
 
     def __str__(self) -> str:

@@ -81,9 +81,11 @@ class Caller:
     username: str
     display_name: str
     counts: RelayCounts = field(default_factory=RelayCounts)
-    # The room this connection is in: set and cleared by this process as presence
-    # answers its joins and leaves, so exact for its own connections.
+    # The room this connection is in (its callRoomId, and its presence key, which adds
+    # the group): set and cleared by this process as presence answers its joins and
+    # leaves, so exact for its own connections.
     room_id: str | None = None
+    room_key: str | None = None
 
     def participant(self) -> Participant:
         return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())
@@ -91,13 +93,19 @@ class Caller:
     def log_context(self) -> str:
         return f"socketId={self.socket_id} userId={self.user_id}"
 
+    def named_room(self, room_id: str) -> str:
+        """The key of the room a request's ``callRoomId`` names: the caller's own room
+        when the id is its room's, else the ungrouped room of that id (which the caller
+        is then not in: requests name the sender's own room, docs/protocol.md §5 rule 1)."""
+        return self.room_key if self.room_id == room_id and self.room_key else room_id
+
 
 # Connections this process serves, by socketId, whatever their transport.
 _connections: dict[str, Caller] = {}
 _all_closed: asyncio.Event | None = None  # set while a shutdown waits for the last close
 metrics.CONNECTIONS.set_function(lambda: len(_connections))
 metrics.PARTICIPANTS.set_function(lambda: sum(1 for c in _connections.values() if c.room_id))
-metrics.ROOMS.set_function(lambda: len({c.room_id for c in _connections.values() if c.room_id}))
+metrics.ROOMS.set_function(lambda: len({c.room_key for c in _connections.values() if c.room_key}))
 _RELAYED = {event: metrics.RELAYED.labels(event.value) for event in (Event.OFFER, Event.ANSWER, Event.ICE_CANDIDATE)}
 
 
@@ -155,7 +163,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
     proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
 
-    async def join(group_ids: frozenset[str] | None) -> JoinOutcome:
+    async def join(group_ids: frozenset[str]) -> JoinOutcome:
         return await get_presence().join(
             new_session=proposal,
             member=Member(me, caller.channel_name),
@@ -163,13 +171,12 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
             group_ids=group_ids,
         )
 
-    # The user's groups cost a thread hop and a query: look them up only when this join
-    # names a group or presence says the room has one (S1 on daphne: join p50 2.4 -> 1.2
-    # ms, about 0.5 ms less CPU per join).
-    groups_of_user = database_sync_to_async(group_ids_of_user)
-    outcome = await join(None if requested_group is None else await groups_of_user(user_id=int(caller.user_id)))
-    if outcome.status is JoinStatus.GROUPS_NEEDED:
-        outcome = await join(await groups_of_user(user_id=int(caller.user_id)))
+    # The group names the room (rule 1), so only a join that names one needs the
+    # joiner's groups: a thread hop and a query.
+    if requested_group is None:
+        outcome = await join(frozenset())
+    else:
+        outcome = await join(await database_sync_to_async(group_ids_of_user)(user_id=int(caller.user_id)))
     if outcome.status is JoinStatus.FORBIDDEN:
         raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
     if outcome.status is JoinStatus.FULL:
@@ -181,7 +188,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     others = outcome.others(caller.socket_id)
 
     if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
-        caller.room_id = request.callRoomId
+        caller.room_id, caller.room_key = request.callRoomId, outcome.session.key
         previous_counts = caller.counts.reset()
         _persist(
             history.record_join,
@@ -217,7 +224,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
 
 async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
     """Rule 3: leave on request; the last one out ends the session."""
-    departure = await get_presence().leave(room_id=request.callRoomId, socket_id=caller.socket_id)
+    departure = await get_presence().leave(room_key=caller.named_room(request.callRoomId), socket_id=caller.socket_id)
     if departure is None:
         raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
     await _depart(caller, departure, LeaveReason.LEFT)
@@ -239,10 +246,10 @@ async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DI
 
 async def _leave_current_room(caller: Caller, reason: LeaveReason) -> None:
     presence = get_presence()
-    room_id = await presence.room_of(socket_id=caller.socket_id)
-    if room_id is None:
+    key = await presence.room_of(socket_id=caller.socket_id)
+    if key is None:
         return
-    departure = await presence.leave(room_id=room_id, socket_id=caller.socket_id)
+    departure = await presence.leave(room_key=key, socket_id=caller.socket_id)
     if departure is not None:
         await _depart(caller, departure, reason)
 
@@ -306,7 +313,7 @@ async def shut_down_connections(timeout_secs: float) -> None:
 
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
-    caller.room_id = None
+    caller.room_id = caller.room_key = None
     _persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
     await _announce_departure(departure, reason)
     logger.info(
@@ -341,7 +348,7 @@ async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
     event, data = _relayed(caller, request)
     text = encode_frame(event, data)
     local = _connections.get(target) if target is not None else None
-    if local is not None and local.room_id == caller.room_id == request.callRoomId:
+    if local is not None and caller.room_id == request.callRoomId and local.room_key == caller.room_key:
         # Both ends are connections of this process, which applies every join and leave
         # of its own connections, so it knows their rooms exactly: no need to ask
         # presence (with Redis, a round trip: two daphnes, S1 steady 479 -> 445 ms per 1k).
@@ -367,7 +374,7 @@ async def _route(
     the rule's error, or ``None`` for a candidate to be dropped."""
     target = request.targetSocketId
     route = await get_presence().route(
-        room_id=request.callRoomId, sender=caller.socket_id, target=target, forward=forward
+        room_key=caller.named_room(request.callRoomId), sender=caller.socket_id, target=target, forward=forward
     )
     if route.status is RouteStatus.NO_ROOM:
         raise SignalingError(ErrorCode.ROOM_NOT_FOUND, ROOM_NOT_FOUND)

@@ -39,14 +39,26 @@ class Participant:
         }
 
 
+def room_key(room_id: str, group_id: str | None) -> str:
+    """What presence names a room by: its ``callRoomId`` together with its group
+    (docs/protocol.md §5 rule 1), so that a group's room can never be taken, filled or
+    locked by someone outside the group who joined the same id first. ``@`` cannot occur
+    in a ``callRoomId``, so no ungrouped room's key looks like a group's."""
+    return room_id if group_id is None else f"{room_id}@{group_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class RoomSession:
     """One live session of a room: what its creator set, fixed for its lifetime."""
 
-    room_id: str
+    room_id: str  # the callRoomId
     session_id: str
-    metadata: dict[str, Any]  # the room metadata of PROTOCOL.md §4
+    metadata: dict[str, Any]  # the room metadata of docs/protocol.md §4
     group_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        return room_key(self.room_id, self.group_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +71,8 @@ class JoinStatus(Enum):
     CREATED = "created"  # the room had no live session: this join started one
     JOINED = "joined"
     ALREADY_IN_ROOM = "already-in-room"
-    FORBIDDEN = "forbidden"  # the room is linked to a group the joiner is not in
+    FORBIDDEN = "forbidden"  # the room is a group's, and the joiner is not in it
     FULL = "full"
-    GROUPS_NEEDED = "groups-needed"  # the join needs the joiner's groups, which were not given
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,23 +157,20 @@ class Presence(abc.ABC):
         new_session: RoomSession,
         member: Member,
         capacity: int,
-        group_ids: frozenset[str] | None,
+        group_ids: frozenset[str],
     ) -> JoinOutcome:
-        """Put ``member`` in ``new_session.room_id``.
+        """Put ``member`` in the room ``new_session.key``.
 
         If the room has no live session, ``new_session`` becomes it (``CREATED``);
-        otherwise the live one is kept and ``new_session`` is ignored. A room linked to
-        a group not in ``group_ids`` (the live session's group, or the proposed one when
-        the join would create the room) answers ``FORBIDDEN``, a room with ``capacity``
-        members ``FULL``, and both change nothing. A member already in the room gets
-        ``ALREADY_IN_ROOM``; one in another room is moved (``previous``).
-
-        ``group_ids=None`` means the joiner's groups were not looked up: a join that
-        needs them answers ``GROUPS_NEEDED`` and changes nothing.
+        otherwise the live one is kept and ``new_session`` is ignored. A join to a
+        group's room by someone whose ``group_ids`` lack the group answers ``FORBIDDEN``,
+        a room with ``capacity`` members ``FULL``, and both change nothing. A member
+        already in the room gets ``ALREADY_IN_ROOM``; one in another room is moved
+        (``previous``).
         """
 
     @abc.abstractmethod
-    async def leave(self, *, room_id: str, socket_id: str) -> Departure | None:
+    async def leave(self, *, room_key: str, socket_id: str) -> Departure | None:
         """Remove a member; ``None`` if it is not in that room. The last one out ends
         the session."""
 
@@ -171,11 +179,11 @@ class Presence(abc.ABC):
         """The room a member is in."""
 
     @abc.abstractmethod
-    async def session(self, *, room_id: str) -> RoomSession | None:
+    async def session(self, *, room_key: str) -> RoomSession | None:
         """The live session of a room."""
 
     @abc.abstractmethod
-    async def members(self, *, room_id: str) -> tuple[Member, ...]:
+    async def members(self, *, room_key: str) -> tuple[Member, ...]:
         """The members of a room, oldest first."""
 
     async def ping(self) -> None:  # noqa: B027 - nothing to reach for an in-process store
@@ -191,7 +199,7 @@ class Presence(abc.ABC):
         return []
 
     @abc.abstractmethod
-    async def route(self, *, room_id: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
+    async def route(self, *, room_key: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
         """Channels to relay to: the target's, or every other member's when ``target``
         is ``None``. Checks that the sender (and the target) are in the room.
 

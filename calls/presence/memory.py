@@ -28,7 +28,7 @@ class InMemoryPresence(Presence):
 
     def __init__(self) -> None:
         self._rooms: dict[str, _Room] = {}
-        self._room_of: dict[str, str] = {}  # socketId -> roomId
+        self._room_of: dict[str, str] = {}  # socketId -> room key
 
     async def join(
         self,
@@ -36,57 +36,55 @@ class InMemoryPresence(Presence):
         new_session: RoomSession,
         member: Member,
         capacity: int,
-        group_ids: frozenset[str] | None,
+        group_ids: frozenset[str],
     ) -> JoinOutcome:
-        room_id = new_session.room_id
+        room_key = new_session.key
         socket_id = member.participant.socket_id
-        room = self._rooms.get(room_id)
+        if new_session.group_id is not None and new_session.group_id not in group_ids:
+            return JoinOutcome(JoinStatus.FORBIDDEN)
+        room = self._rooms.get(room_key)
         if room is not None:
             if socket_id in room.members:
                 return JoinOutcome(JoinStatus.ALREADY_IN_ROOM, room.session, tuple(room.members.values()))
-            if refusal := _group_refusal(room.session.group_id, group_ids):
-                return JoinOutcome(refusal)
             if len(room.members) >= capacity:
                 return JoinOutcome(JoinStatus.FULL)
-        elif refusal := _group_refusal(new_session.group_id, group_ids):
-            return JoinOutcome(refusal)
         previous_room = self._room_of.get(socket_id)
         previous = self._remove(previous_room, socket_id) if previous_room else None
         status = JoinStatus.JOINED
         if room is None:
-            room = self._rooms[room_id] = _Room(new_session)
+            room = self._rooms[room_key] = _Room(new_session)
             status = JoinStatus.CREATED
         room.members[socket_id] = member
-        self._room_of[socket_id] = room_id
+        self._room_of[socket_id] = room_key
         return JoinOutcome(status, room.session, tuple(room.members.values()), previous)
 
-    async def leave(self, *, room_id: str, socket_id: str) -> Departure | None:
-        if self._room_of.get(socket_id) != room_id:
+    async def leave(self, *, room_key: str, socket_id: str) -> Departure | None:
+        if self._room_of.get(socket_id) != room_key:
             return None
-        return self._remove(room_id, socket_id)
+        return self._remove(room_key, socket_id)
 
-    def _remove(self, room_id: str, socket_id: str) -> Departure:
-        room = self._rooms[room_id]
+    def _remove(self, room_key: str, socket_id: str) -> Departure:
+        room = self._rooms[room_key]
         member = room.members.pop(socket_id)
         del self._room_of[socket_id]
         if not room.members:
-            del self._rooms[room_id]
+            del self._rooms[room_key]
         return Departure(room.session, member.participant, tuple(room.members.values()))
 
     async def room_of(self, *, socket_id: str) -> str | None:
         return self._room_of.get(socket_id)
 
-    async def session(self, *, room_id: str) -> RoomSession | None:
-        room = self._rooms.get(room_id)
+    async def session(self, *, room_key: str) -> RoomSession | None:
+        room = self._rooms.get(room_key)
         return room.session if room else None
 
-    async def members(self, *, room_id: str) -> tuple[Member, ...]:
-        room = self._rooms.get(room_id)
+    async def members(self, *, room_key: str) -> tuple[Member, ...]:
+        room = self._rooms.get(room_key)
         return tuple(room.members.values()) if room else ()
 
-    async def route(self, *, room_id: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
+    async def route(self, *, room_key: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:
         # One process: every member is this process's, ``forward`` has nothing to do.
-        room = self._rooms.get(room_id)
+        room = self._rooms.get(room_key)
         if room is None:
             return Route(RouteStatus.NO_ROOM)
         if sender not in room.members:
@@ -98,10 +96,3 @@ class InMemoryPresence(Presence):
             return Route(RouteStatus.TARGET_NOT_IN_ROOM)
         return Route(RouteStatus.OK, (member.channel_name,))
 
-
-def _group_refusal(group_id: str | None, group_ids: frozenset[str] | None) -> JoinStatus | None:
-    if group_id is None:
-        return None
-    if group_ids is None:
-        return JoinStatus.GROUPS_NEEDED
-    return None if group_id in group_ids else JoinStatus.FORBIDDEN

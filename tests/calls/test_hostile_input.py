@@ -299,8 +299,8 @@ async def test_bad_frames_change_nothing_and_reach_nobody(
             "webrtc:ice-candidate", {"callRoomId": OTHER_ROOM, "targetSocketId": c.socket_id, "candidate": "end"}
         )
         assert (await c.expect("webrtc:ice-candidate"))["data"]["candidate"] == "end"
-        assert [m.participant.socket_id for m in await presence.members(room_id=ROOM)] == [a.socket_id, b.socket_id]
-        assert [m.participant.socket_id for m in await presence.members(room_id=OTHER_ROOM)] == [c.socket_id]
+        assert [m.participant.socket_id for m in await presence.members(room_key=ROOM)] == [a.socket_id, b.socket_id]
+        assert [m.participant.socket_id for m in await presence.members(room_key=OTHER_ROOM)] == [c.socket_id]
         assert [r.getMessage() for r in log_alarm.records] == []
     finally:
         for client in (a, b, c):

@@ -50,7 +50,7 @@ async def test_a_reaped_participant_is_announced_as_lost_and_recorded(
 ) -> None:
     first, doomed = await in_room("r", alice, bob)
     # As a peer's reap would: the store drops the member, the beat reports it.
-    departure = await scripted.store.leave(room_id="r", socket_id=doomed.socket_id)
+    departure = await scripted.store.leave(room_key="r", socket_id=doomed.socket_id)
     scripted.departures = [departure]
 
     await liveness.liveness_tick()
@@ -67,7 +67,7 @@ async def test_an_evicted_process_closes_its_connections_with_1001(
     in_room: InRoom, scripted: ScriptedPresence, alice: User
 ) -> None:
     (client,) = await in_room("r", alice)
-    scripted.evict_channels = [member.channel_name for member in await scripted.store.members(room_id="r")]
+    scripted.evict_channels = [member.channel_name for member in await scripted.store.members(room_key="r")]
 
     await liveness.liveness_tick()
 

@@ -69,7 +69,7 @@ async def test_the_first_join_creates_the_room(presence: Presence) -> None:
     assert outcome.session == session("room", "s-a")
     assert socket_ids(outcome.members) == ["a"]
     assert outcome.members[0] == member("a")
-    assert await presence.session(room_id="room") == session("room", "s-a")
+    assert await presence.session(room_key="room") == session("room", "s-a")
 
 
 async def test_later_joins_keep_the_first_session_and_join_order(presence: Presence) -> None:
@@ -78,7 +78,7 @@ async def test_later_joins_keep_the_first_session_and_join_order(presence: Prese
     assert outcome.status is JoinStatus.JOINED
     assert outcome.session.session_id == "s-a"
     assert socket_ids(outcome.members) == ["a", "b", "c", "d"]
-    assert socket_ids(await presence.members(room_id="room")) == ["a", "b", "c", "d"]
+    assert socket_ids(await presence.members(room_key="room")) == ["a", "b", "c", "d"]
     assert socket_ids(outcome.others("d")) == ["a", "b", "c"]
 
 
@@ -95,7 +95,7 @@ async def test_a_full_room_refuses_and_changes_nothing(presence: Presence) -> No
     await join(presence, "b", capacity=2)
     await join(presence, "c", "elsewhere")
     assert (await join(presence, "c", capacity=2)).status is JoinStatus.FULL
-    assert socket_ids(await presence.members(room_id="room")) == ["a", "b"]
+    assert socket_ids(await presence.members(room_key="room")) == ["a", "b"]
     assert await presence.room_of(socket_id="c") == "elsewhere"
 
 
@@ -104,34 +104,39 @@ async def test_a_group_room_admits_its_members_only(presence: Presence) -> None:
         new_session=session(group_id="7"), member=member("a"), capacity=16, group_ids=frozenset({"7"})
     )
     assert created.session.group_id == "7"
-    outsider = await join(presence, "b", group_ids=frozenset({"8"}))
+    assert created.session.key == "room@7"
+    outsider = await presence.join(
+        new_session=session(group_id="7"), member=member("b"), capacity=16, group_ids=frozenset({"8"})
+    )
     assert outsider.status is JoinStatus.FORBIDDEN
-    insider = await join(presence, "c", group_ids=frozenset({"7", "8"}))
+    insider = await presence.join(
+        new_session=session(group_id="7"), member=member("c"), capacity=16, group_ids=frozenset({"7", "8"})
+    )
     assert insider.status is JoinStatus.JOINED
-    assert socket_ids(await presence.members(room_id="room")) == ["a", "c"]
+    assert socket_ids(await presence.members(room_key="room@7")) == ["a", "c"]
+    assert await presence.room_of(socket_id="b") is None
 
 
-async def test_a_join_without_the_joiners_groups_is_asked_for_them_only_where_a_group_matters(
-    presence: Presence,
-) -> None:
-    """Tests that ``group_ids=None`` joins a room without a group, and that creating or
-    joining a group's room then answers GROUPS_NEEDED and changes nothing."""
-    assert (await join(presence, "a", "open", group_ids=None)).status is JoinStatus.CREATED
-    assert (await join(presence, "b", "open", group_ids=None)).status is JoinStatus.JOINED
-    creating = await presence.join(new_session=session(group_id="7"), member=member("c"), capacity=16, group_ids=None)
-    assert creating.status is JoinStatus.GROUPS_NEEDED
-    assert await presence.members(room_id="room") == ()
-    assert await presence.room_of(socket_id="c") is None
-    await presence.join(new_session=session(group_id="7"), member=member("c"), capacity=16, group_ids=frozenset("7"))
-    assert (await join(presence, "b", group_ids=None)).status is JoinStatus.GROUPS_NEEDED
-    assert await presence.room_of(socket_id="b") == "open"
-    assert socket_ids(await presence.members(room_id="room")) == ["c"]
+async def test_a_groups_room_and_the_ungrouped_room_of_one_id_are_different_rooms(presence: Presence) -> None:
+    """Tests that someone outside the group who takes the id first, even filling its
+    ungrouped room, neither receives the group's members nor keeps them out."""
+    squatter = await join(presence, "x", "room", capacity=1)
+    assert squatter.status is JoinStatus.CREATED
+    assert (await join(presence, "y", "room", capacity=1)).status is JoinStatus.FULL
+    grouped = await presence.join(
+        new_session=session(group_id="7"), member=member("a"), capacity=1, group_ids=frozenset({"7"})
+    )
+    assert grouped.status is JoinStatus.CREATED
+    assert socket_ids(grouped.members) == ["a"]
+    assert socket_ids(await presence.members(room_key="room")) == ["x"]
+    assert (await presence.route(room_key="room@7", sender="x", target="a")).status is RouteStatus.SENDER_NOT_IN_ROOM
+    assert (await presence.route(room_key="room", sender="x", target="a")).status is RouteStatus.TARGET_NOT_IN_ROOM
 
 
 async def test_creating_a_room_for_a_group_one_is_not_in_is_forbidden(presence: Presence) -> None:
     outcome = await presence.join(new_session=session(group_id="7"), member=member("a"), capacity=16, group_ids=ANYONE)
     assert outcome.status is JoinStatus.FORBIDDEN
-    assert await presence.session(room_id="room") is None
+    assert await presence.session(room_key="room") is None
 
 
 async def test_joining_another_room_moves_the_member(presence: Presence) -> None:
@@ -144,27 +149,27 @@ async def test_joining_another_room_moves_the_member(presence: Presence) -> None
     assert outcome.previous.participant == member("a").participant
     assert socket_ids(outcome.previous.remaining) == ["b"]
     assert await presence.room_of(socket_id="a") == "two"
-    assert socket_ids(await presence.members(room_id="one")) == ["b"]
+    assert socket_ids(await presence.members(room_key="one")) == ["b"]
 
 
 async def test_the_last_one_out_ends_the_session(presence: Presence) -> None:
     await join(presence, "a")
     await join(presence, "b")
-    first = await presence.leave(room_id="room", socket_id="a")
+    first = await presence.leave(room_key="room", socket_id="a")
     assert first is not None
     assert socket_ids(first.remaining) == ["b"]
     assert not first.room_emptied
-    last = await presence.leave(room_id="room", socket_id="b")
+    last = await presence.leave(room_key="room", socket_id="b")
     assert last is not None
     assert last.room_emptied
-    assert await presence.session(room_id="room") is None
+    assert await presence.session(room_key="room") is None
     assert (await join(presence, "c")).session.session_id == "s-c"
 
 
 async def test_leaving_a_room_one_is_not_in_answers_none(presence: Presence) -> None:
     await join(presence, "a", "one")
-    assert await presence.leave(room_id="two", socket_id="a") is None
-    assert await presence.leave(room_id="one", socket_id="nobody") is None
+    assert await presence.leave(room_key="two", socket_id="a") is None
+    assert await presence.leave(room_key="one", socket_id="nobody") is None
     assert await presence.room_of(socket_id="a") == "one"
 
 
@@ -172,12 +177,12 @@ async def test_routes_check_the_sender_and_the_target(presence: Presence) -> Non
     for socket_id in "abc":
         await join(presence, socket_id)
     await join(presence, "x", "other")
-    assert (await presence.route(room_id="nowhere", sender="a", target="b")).status is RouteStatus.NO_ROOM
-    assert (await presence.route(room_id="room", sender="x", target="b")).status is RouteStatus.SENDER_NOT_IN_ROOM
-    assert (await presence.route(room_id="room", sender="a", target="x")).status is RouteStatus.TARGET_NOT_IN_ROOM
-    targeted = await presence.route(room_id="room", sender="a", target="b")
+    assert (await presence.route(room_key="nowhere", sender="a", target="b")).status is RouteStatus.NO_ROOM
+    assert (await presence.route(room_key="room", sender="x", target="b")).status is RouteStatus.SENDER_NOT_IN_ROOM
+    assert (await presence.route(room_key="room", sender="a", target="x")).status is RouteStatus.TARGET_NOT_IN_ROOM
+    targeted = await presence.route(room_key="room", sender="a", target="b")
     assert (targeted.status, targeted.channels) == (RouteStatus.OK, ("channel-b",))
-    broadcast = await presence.route(room_id="room", sender="a", target=None)
+    broadcast = await presence.route(room_key="room", sender="a", target=None)
     assert sorted(broadcast.channels) == ["channel-b", "channel-c"]
 
 
@@ -191,7 +196,7 @@ async def test_concurrent_first_joins_create_one_session(presence: Presence) -> 
 async def test_concurrent_joins_never_exceed_capacity(presence: Presence) -> None:
     outcomes = await asyncio.gather(*(join(presence, f"s{i}", capacity=4) for i in range(12)))
     assert [o.status for o in outcomes].count(JoinStatus.FULL) == 8
-    assert len(await presence.members(room_id="room")) == 4
+    assert len(await presence.members(room_key="room")) == 4
 
 
 async def test_a_forwarding_route_publishes_once_per_other_process_and_returns_this_ones(redis_url: str) -> None:
@@ -208,17 +213,17 @@ async def test_a_forwarding_route_publishes_once_per_other_process_and_returns_t
             await store.join(new_session=session(), member=Member(participant, channel), capacity=16, group_ids=ANYONE)
         forward = Forward("mine", "calls.deliver", '{"event":"webrtc:ice-candidate"}')
 
-        broadcast = await store.route(room_id="room", sender="a", target=None, forward=forward)
+        broadcast = await store.route(room_key="room", sender="a", target=None, forward=forward)
         assert broadcast == Route(RouteStatus.OK, ("mine#d",))
         message = await asyncio.wait_for(layer.receive(inbox), 5)
         assert message == {"type": "calls.deliver", "to": ["b", "c"], "text": forward.text}
 
-        targeted = await store.route(room_id="room", sender="a", target="c", forward=forward)
+        targeted = await store.route(room_key="room", sender="a", target="c", forward=forward)
         assert targeted == Route(RouteStatus.OK, ())
         assert await asyncio.wait_for(layer.receive(inbox), 5) == message | {"to": ["c"]}
-        local = await store.route(room_id="room", sender="a", target="d", forward=forward)
+        local = await store.route(room_key="room", sender="a", target="d", forward=forward)
         assert local == Route(RouteStatus.OK, ("mine#d",))
-        refused = await store.route(room_id="room", sender="x", target="c", forward=forward)
+        refused = await store.route(room_key="room", sender="x", target="c", forward=forward)
         assert refused.status is RouteStatus.SENDER_NOT_IN_ROOM
         with pytest.raises(TimeoutError):  # nothing was published for the refused route
             await asyncio.wait_for(layer.receive(inbox), 0.3)
@@ -237,10 +242,10 @@ async def test_routes_made_in_one_pass_each_get_their_own_answer(redis_url: str)
             await join(store, socket_id)
         await join(store, "x", "other")
         routes = await asyncio.gather(
-            store.route(room_id="room", sender="a", target="b"),
-            store.route(room_id="room", sender="x", target="b"),
-            store.route(room_id="nowhere", sender="a", target="b"),
-            store.route(room_id="room", sender="a", target=None),
+            store.route(room_key="room", sender="a", target="b"),
+            store.route(room_key="room", sender="x", target="b"),
+            store.route(room_key="nowhere", sender="a", target="b"),
+            store.route(room_key="room", sender="a", target=None),
         )
         assert routes[0] == Route(RouteStatus.OK, ("channel-b",))
         assert routes[1].status is RouteStatus.SENDER_NOT_IN_ROOM
@@ -248,11 +253,11 @@ async def test_routes_made_in_one_pass_each_get_their_own_answer(redis_url: str)
         assert sorted(routes[3].channels) == ["channel-b", "channel-c"]
 
         await store.redis.script_flush()  # as after a Redis restart
-        again = await asyncio.gather(*(store.route(room_id="room", sender="a", target="c") for _ in range(5)))
+        again = await asyncio.gather(*(store.route(room_key="room", sender="a", target="c") for _ in range(5)))
         assert again == [Route(RouteStatus.OK, ("channel-c",))] * 5
 
-        first = asyncio.create_task(store.route(room_id="room", sender="a", target="b"))
-        second = asyncio.create_task(store.route(room_id="room", sender="b", target="c"))
+        first = asyncio.create_task(store.route(room_key="room", sender="a", target="b"))
+        second = asyncio.create_task(store.route(room_key="room", sender="b", target="c"))
         await asyncio.sleep(0)  # both have started: the first waits for its batch, the second joined it
         first.cancel()
         assert await asyncio.wait_for(second, 5) == Route(RouteStatus.OK, ("channel-c",))
@@ -300,8 +305,8 @@ async def test_a_dead_process_is_reaped_exactly_once(processes: list[RedisPresen
     by_socket = {d.participant.socket_id: d for d in departures}
     assert socket_ids(by_socket["d1"].remaining) == ["a", "o"]
     assert by_socket["d2"].room_emptied
-    assert socket_ids(await alive.members(room_id="room")) == ["a", "o"]
-    assert await alive.session(room_id="second") is None
+    assert socket_ids(await alive.members(room_key="room")) == ["a", "o"]
+    assert await alive.session(room_key="second") is None
     assert await alive.reap() == []
 
 
@@ -314,7 +319,7 @@ async def test_a_live_process_is_never_reaped(processes: list[RedisPresence]) ->
         await first.heartbeat()
         await second.heartbeat()
         assert await first.reap() == []
-    assert socket_ids(await first.members(room_id="room")) == ["a", "b"]
+    assert socket_ids(await first.members(room_key="room")) == ["a", "b"]
 
 
 async def test_a_process_declared_dead_learns_it_on_its_next_beat(processes: list[RedisPresence]) -> None:
@@ -328,7 +333,7 @@ async def test_a_process_declared_dead_learns_it_on_its_next_beat(processes: lis
         await slow.heartbeat()
     assert evicted.value.channels == ["channel-b"]
     await slow.heartbeat()  # back as a new server, holding nothing
-    assert socket_ids(await survivor.members(room_id="room")) == ["a"]
+    assert socket_ids(await survivor.members(room_key="room")) == ["a"]
 
 
 async def test_members_are_put_back_after_redis_lost_its_data(
@@ -337,14 +342,14 @@ async def test_members_are_put_back_after_redis_lost_its_data(
     first, second, _ = processes
     for store, socket_id in ((first, "a"), (second, "b"), (first, "c")):
         await join(store, socket_id)
-    await first.leave(room_id="room", socket_id="c")
+    await first.leave(room_key="room", socket_id="c")
     redis_server.flush()  # type: ignore[attr-defined] - a restart without persistence
     await first.heartbeat()
     await second.heartbeat()
-    members = await first.members(room_id="room")
+    members = await first.members(room_key="room")
     assert socket_ids(members) == ["a", "b"]
-    assert (await first.session(room_id="room")).session_id == "s-a"
-    route = await second.route(room_id="room", sender="b", target="a")
+    assert (await first.session(room_key="room")).session_id == "s-a"
+    route = await second.route(room_key="room", sender="b", target="a")
     assert route.channels == ("channel-a",)
 
 
@@ -356,6 +361,6 @@ async def test_an_unreachable_redis_raises_presence_unavailable(redis_server: ob
         with pytest.raises(PresenceUnavailable):
             await join(store, "a")
         with pytest.raises(PresenceUnavailable):
-            await store.route(room_id="room", sender="a", target=None)
+            await store.route(room_key="room", sender="a", target=None)
     finally:
         await store.close()

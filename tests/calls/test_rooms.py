@@ -113,18 +113,75 @@ async def test_a_later_joiners_call_type_and_metadata_are_ignored(
     assert joined["metadata"]["callType"] == "audio"
 
 
-async def test_a_later_joiners_group_id_is_ignored(
+async def test_a_join_naming_a_group_goes_to_the_groups_room_not_to_an_open_room_of_that_id(
     connect: ConnectFactory, alice: User, dave: User, team: Group
 ) -> None:
-    """Tests that a groupId sent by a later joiner neither links the room nor refuses the joiner."""
-    creator = await connect(alice)
+    """Tests that an open room of the same id, made first by someone else, is another room."""
+    creator = await connect(dave)
     created = await creator.join("open-room")
-    joiner = await connect(dave)
+    joiner = await connect(alice)
 
     joined = await joiner.join("open-room", metadata={"groupId": team.pk})
 
-    assert joined["metadata"] == created["metadata"]
-    assert "groupId" not in joined["metadata"]
+    assert joined["participantCount"] == 1
+    assert joined["metadata"]["groupId"] == str(team.pk)
+    assert "groupId" not in created["metadata"]
+    await creator.expect_silence()
+
+
+async def test_a_squatter_outside_the_group_never_reaches_nor_fills_the_groups_call(
+    settings: Any, connect: ConnectFactory, alice: User, bob: User, dave: User, team: Group
+) -> None:
+    """Tests the squatting sequence: a user in no group takes ``group-N`` first, without a
+    groupId, and fills it; the members then join with the groupId as the call page does."""
+    settings.CALLS_MAX_PARTICIPANTS = 2
+    room = f"group-{team.pk}"
+    squatters = [await connect(dave), await connect(dave)]
+    for squatter in squatters:
+        await squatter.join(room)
+    first, second = await connect(alice), await connect(bob)
+
+    await first.join(room, metadata={"groupId": team.pk})
+    joined = await second.join(room, metadata={"groupId": team.pk})
+    await first.expect("webrtc:participant-joined")
+    await second.send(
+        "webrtc:offer",
+        {"callRoomId": room, "targetSocketId": first.socket_id, "offer": {"type": "offer", "sdp": "v=0"}},
+    )
+    await second.send(
+        "webrtc:ice-candidate", {"callRoomId": room, "candidate": "candidate:1 1 udp 1 10.0.0.1 9 typ host"}
+    )
+
+    assert socket_ids(joined["existingParticipants"]) == [first.socket_id]
+    assert (await first.expect("webrtc:offer"))["data"]["fromSocketId"] == second.socket_id
+    assert (await first.expect("webrtc:ice-candidate"))["data"]["fromSocketId"] == second.socket_id
+    await squatters[0].expect("webrtc:participant-joined")  # its own room's second squatter
+    await all_silent(*squatters)
+    # Nor can the squatter address the group's participants from his room.
+    await squatters[0].send(
+        "webrtc:offer",
+        {"callRoomId": room, "targetSocketId": first.socket_id, "offer": {"type": "offer", "sdp": "v=0"}},
+    )
+    await squatters[0].expect_error("participant-not-found")
+    await all_silent(first, second)
+
+
+async def test_a_member_of_another_group_cannot_take_a_groups_room_id(
+    connect: ConnectFactory, alice: User, bob: User, dave: User, team: Group
+) -> None:
+    """Tests that linking ``group-N`` to one's own group leaves group N's call free."""
+    other = await Group.objects.acreate(name="Other")
+    await Membership.objects.acreate(group=other, user=dave)
+    room = f"group-{team.pk}"
+    squatter = await connect(dave)
+    await squatter.join(room, metadata={"groupId": other.pk})
+
+    joined = await (await connect(alice)).join(room, metadata={"groupId": team.pk})
+    again = await (await connect(bob)).join(room, metadata={"groupId": team.pk})
+
+    assert joined["participantCount"] == 1
+    assert again["participantCount"] == 2
+    await squatter.expect_silence()
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +322,7 @@ async def test_a_group_room_admits_the_groups_members(
     (creator,) = await in_room("team-call", alice, metadata={"groupId": team.pk})
     member = await connect(bob)
 
-    joined = await member.join("team-call")
+    joined = await member.join("team-call", metadata={"groupId": team.pk})
 
     assert joined["participantCount"] == 2
     assert joined["metadata"]["groupId"] == str(team.pk)
@@ -278,11 +335,11 @@ async def test_a_group_room_refuses_a_non_member_and_changes_nothing(
     first, second = await in_room("team-call", alice, bob, metadata={"groupId": team.pk})
     outsider = await connect(dave)
 
-    await outsider.send("webrtc:join-room", {"callRoomId": "team-call"})
+    await outsider.send("webrtc:join-room", {"callRoomId": "team-call", "metadata": {"groupId": team.pk}})
 
     await outsider.expect_error("forbidden", event="webrtc:join-room")
     await all_silent(first, second, outsider)
-    joined = await (await connect(carol)).join("team-call")
+    joined = await (await connect(carol)).join("team-call", metadata={"groupId": team.pk})
     assert socket_ids(joined["existingParticipants"]) == [first.socket_id, second.socket_id]
 
 
@@ -341,7 +398,12 @@ async def test_a_refused_join_leaves_the_joiners_current_room_untouched(
         target = await in_room("target", alice, metadata={"groupId": team.pk})
     mover, stayer = await in_room("lobby", dave, carol)
 
-    await mover.send("webrtc:join-room", {"callRoomId": "target"})
+    join = (
+        {"callRoomId": "target"}
+        if refusal == "room-full"
+        else {"callRoomId": "target", "metadata": {"groupId": team.pk}}
+    )
+    await mover.send("webrtc:join-room", join)
 
     await mover.expect_error(refusal, event="webrtc:join-room")
     await all_silent(mover, stayer, *target)

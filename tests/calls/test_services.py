@@ -96,10 +96,12 @@ async def test_room_join_refuses_a_non_member_of_the_rooms_group(alice: User, da
     await joined("team-call", member, metadata={"groupId": team.pk})
 
     with pytest.raises(SignalingError) as excinfo:
-        await services.room_join(outsider, request(Event.JOIN_ROOM, callRoomId="team-call"))
+        await services.room_join(
+            outsider, request(Event.JOIN_ROOM, callRoomId="team-call", metadata={"groupId": team.pk})
+        )
 
     assert refusal(excinfo) == (ErrorCode.FORBIDDEN, services.FORBIDDEN_GROUP)
-    assert [m.participant.socket_id for m in await get_presence().members(room_id="team-call")] == [member.socket_id]
+    assert [m.participant.socket_id for m in await get_presence().members(room_key=f"team-call@{team.pk}")] == [member.socket_id]
     await nothing_delivered(member, outsider)
 
 
