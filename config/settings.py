@@ -4,9 +4,11 @@ and only here (see the configuration table in README.md)."""
 from __future__ import annotations
 
 import ipaddress
+import re
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -52,6 +54,48 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+# CORS (django-cors-headers), for front ends on another origin (a dev server on another
+# port, the chat product's own domain) that obtain tokens from /api/ and load
+# /static/calls/signaling.js. Its middleware sits above WhiteNoise, which answers static
+# files itself, without the middleware below it. The default is the websocket's full
+# origins, CSRF_TRUSTED_ORIGINS (`https://*.example.com`: example.com and its subdomains,
+# as for CSRF; Channels' `https://.example.com` means the same). The hosts of ALLOWED_HOSTS
+# are not turned into origins: they name this server, whose own pages are same-origin and
+# need no CORS, and an origin made of a host needs a guessed scheme and port (the
+# websocket's host-only match would let a page on any port of those hosts read API
+# answers). In debug, any port of the loopback hosts is allowed, for a dev server beside
+# `make run`. No credentials: a front end elsewhere sends a bearer token, never this
+# site's session cookie. Static files keep WhiteNoise's `Access-Control-Allow-Origin: *`
+# for other origins: they are public.
+INSTALLED_APPS.append("corsheaders")
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("whitenoise.middleware.WhiteNoiseMiddleware"), "corsheaders.middleware.CorsMiddleware"
+)
+_cors_source = "CORS_ALLOWED_ORIGINS" if env_str("CORS_ALLOWED_ORIGINS") is not None else "CSRF_TRUSTED_ORIGINS"
+CORS_ALLOWED_ORIGINS: list[str] = []
+CORS_ALLOWED_ORIGIN_REGEXES: list[str] = [r"^http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"] if DEBUG else []
+for _origin in env_list("CORS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS):
+    try:
+        _parts = urlsplit(_origin.lower())
+        _parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        _parts = None
+    if (
+        _parts is None
+        or _parts.scheme not in ("http", "https")
+        or not _parts.hostname
+        or "@" in _parts.netloc
+        or any((_parts.path, _parts.query, _parts.fragment))
+    ):
+        raise ImproperlyConfigured(
+            f"{_origin!r} in {_cors_source} is not an origin: write scheme://host[:port], e.g. https://chat.example.com."
+        )
+    if _parts.netloc.startswith(("*.", ".")):
+        _domain = re.escape(_parts.netloc.lstrip("*")[1:])
+        CORS_ALLOWED_ORIGIN_REGEXES.append(rf"^{_parts.scheme}://([a-z0-9-]+\.)*{_domain}$")
+    else:
+        CORS_ALLOWED_ORIGINS.append(f"{_parts.scheme}://{_parts.netloc}")
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"
@@ -159,6 +203,10 @@ CALLS_MAX_MESSAGE_BYTES = env_int("CALLS_MAX_MESSAGE_BYTES", 65536, minimum=1024
 CALLS_RATE_LIMIT = env_int("CALLS_RATE_LIMIT", 100, minimum=1)
 CALLS_RATE_BURST = env_int("CALLS_RATE_BURST", 500, minimum=1)
 CALLS_AUTH_FAILURES_PER_MINUTE = env_int("CALLS_AUTH_FAILURES_PER_MINUTE", 30, minimum=1)
+# Failed logins at /api/auth/token/ within ten minutes (accounts/throttle.py says why), then 429.
+CALLS_LOGIN_FAILURES_PER_ADDRESS = env_int("CALLS_LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
+CALLS_LOGIN_FAILURES_PER_USERNAME = env_int("CALLS_LOGIN_FAILURES_PER_USERNAME", 10, minimum=1)
+CALLS_WS_TICKET_TTL_SECS = env_int("CALLS_WS_TICKET_TTL_SECS", 30, minimum=1)
 CALLS_PRESENCE_TTL_SECS = env_int("CALLS_PRESENCE_TTL_SECS", 30, minimum=3)
 CALLS_RESUME_GRACE_SECS = env_int("CALLS_RESUME_GRACE_SECS", 20, minimum=0)
 CALLS_RESUME_BUFFER = env_int("CALLS_RESUME_BUFFER", 256, minimum=0)

@@ -1,7 +1,8 @@
 /**
  * Fakes for the signaling.js tests: a WebSocket driven by hand, an in-memory signaling
- * server that follows PROTOCOL.md's join/leave/relay rules, and an RTCPeerConnection
- * with the real signaling-state machine and operations chain (no media).
+ * server that follows PROTOCOL.md's join/leave/relay rules (and answers the origin check
+ * through its `fetch`), a fetch driven by hand, and an RTCPeerConnection with the real
+ * signaling-state machine and operations chain (no media).
  */
 
 /** Let every pending macrotask (and the microtasks they start) run, a few rounds deep. */
@@ -48,15 +49,51 @@ export function manualWebSocket() {
 }
 
 /**
+ * A fetch whose answers the test picks: `answer` is the JSON body (status 200), or
+ * `{status}` for an HTTP error, an Error to reject with, or `'hang'` to wait until aborted.
+ * Every call is recorded in `fetch.calls` as `{url, init}`.
+ */
+export function fakeFetch(answer) {
+  const fetch = (url, init = {}) => {
+    fetch.calls.push({ url: String(url), init });
+    return new Promise((resolve, reject) => {
+      if (answer === 'hang') {
+        init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
+      } else if (answer instanceof Error) {
+        setImmediate(() => reject(answer));
+      } else {
+        const status = answer.status ?? 200;
+        setImmediate(() => resolve({ ok: status < 300, status, json: async () => answer }));
+      }
+    });
+  };
+  fetch.calls = [];
+  return fetch;
+}
+
+/**
  * An in-memory server. A token names the user (`"alice"`); socketIds are `"<user>-<n>"`.
- * Frames are delivered as macrotasks, like a network would.
+ * Frames are delivered as macrotasks, like a network would. With `originAllowed = false`
+ * it refuses every handshake as a browser shows a 403 (a close 1006 before open), and its
+ * `fetch` answers the origin check (`/api/calls/origin-check/`) accordingly.
  */
 export class FakeServer {
   rooms = new Map(); // roomId → [{participant, ws}]
   relayed = []; // every relayed frame: {event, from, to, data}
   iceServers = [{ urls: 'stun:stun.example.org' }];
   forbidden = new Map(); // roomId → user ids that may not join
+  originAllowed = true;
+  originChecks = []; // the URL of every origin check asked
   #connections = 0;
+
+  /** The HTTP side: only the origin check exists. */
+  fetch = async (url) => {
+    const { pathname } = new URL(url);
+    await new Promise((resolve) => setImmediate(resolve));
+    if (pathname !== '/api/calls/origin-check/') return { ok: false, status: 404, json: async () => ({}) };
+    this.originChecks.push(String(url));
+    return { ok: true, status: 200, json: async () => ({ allowed: this.originAllowed }) };
+  };
 
   constructor() {
     const server = this;
@@ -100,11 +137,17 @@ export class FakeServer {
   }
 
   #accept(ws) {
+    if (!this.originAllowed) {
+      ws.readyState = 3;
+      ws.onclose?.({ code: 1006, reason: '' });
+      return;
+    }
     const user = ws.url.searchParams.get('token');
     this.#connections += 1;
     ws.user = user;
     ws.socketId = `${user}-${this.#connections}`;
     ws.readyState = 1;
+    ws.onopen?.({});
     this.#send(ws, { event: 'webrtc:connected', data: { socketId: ws.socketId, userId: user } });
   }
 

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 
 import { CallMesh, SignalingClient, SignalingError } from '../../calls/static/calls/signaling.js';
-import { FakeServer, fakePeerConnectionClass, manualWebSocket, settle } from './fakes.mjs';
+import { FakeServer, fakeFetch, fakePeerConnectionClass, manualWebSocket, settle } from './fakes.mjs';
 
 const URL_ = 'ws://calls.test/ws/calls/';
 const BACKOFF = { initialMs: 500, maxMs: 4000, factor: 2 };
@@ -135,7 +135,8 @@ describe('SignalingClient', () => {
   test('reconnects with exponential backoff and jitter, capped, and starts over after a success', (t) => {
     t.mock.timers.enable({ apis: ['setTimeout'] });
     t.mock.method(Math, 'random', () => 1); // the top of each jitter range
-    const { client, WebSocket } = connectedClient();
+    // Its sockets close before they open, which asks the origin check first: tested below.
+    const { client, WebSocket } = connectedClient({ originCheckUrl: null });
     const delays = [];
     client.on('reconnecting', ({ delayMs }) => delays.push(delayMs));
     for (const expected of [500, 1000, 2000, 4000, 4000]) {
@@ -202,6 +203,123 @@ describe('SignalingClient', () => {
     again.open();
     again.receive({ event: 'webrtc:connected', data: { socketId: 's', userId: '1' } });
     assert.deepEqual(connects, [false, true]);
+    client.close();
+  });
+});
+
+describe('SignalingClient after a socket closed before it opened', () => {
+  /** A client whose first socket closes 1006 before opening, as a refused handshake does in a browser. */
+  async function closedBeforeOpen(t, answer, options = {}) {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const WebSocket = manualWebSocket();
+    const fetch = fakeFetch(answer);
+    const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket, fetch, backoff: BACKOFF, ...options });
+    const seen = [];
+    for (const event of ['error', 'disconnect', 'reconnecting']) client.on(event, (data) => seen.push([event, data]));
+    const ready = client.ready();
+    ready.catch(() => {});
+    const joining = client.request('webrtc:join-room', { callRoomId: 'a' }, { timeoutMs: 600_000 });
+    joining.catch(() => {});
+    WebSocket.instances[0].serverClose(1006);
+    await settle();
+    return { client, WebSocket, fetch, seen, ready, joining };
+  }
+
+  test('asks the origin check on the websocket host, without cookies, before telling of the disconnect', async (t) => {
+    const { fetch, seen } = await closedBeforeOpen(t, { allowed: true }, { url: 'wss://calls.test:8443/ws/calls/' });
+    assert.equal(fetch.calls.length, 1);
+    assert.equal(fetch.calls[0].url, 'https://calls.test:8443/api/calls/origin-check/');
+    assert.equal(fetch.calls[0].init.credentials, 'omit');
+    assert.equal(seen[0][0], 'disconnect');
+  });
+
+  test('a refused origin stops it: an origin-refused error, no reconnect, and what waits is rejected', async (t) => {
+    t.after(() => delete globalThis.location);
+    globalThis.location = { origin: 'https://app.example', protocol: 'https:', host: 'app.example' };
+    const { WebSocket, seen, ready, joining } = await closedBeforeOpen(t, { allowed: false });
+    assert.deepEqual(seen.map(([event]) => event), ['error', 'disconnect']);
+    const [, error] = seen[0];
+    assert.ok(error instanceof SignalingError);
+    assert.equal(error.code, 'origin-refused');
+    assert.match(error.message, /refuses websockets from this page's origin \(https:\/\/app\.example\)/);
+    assert.deepEqual(seen[1][1], { code: 1006, reason: error.message, willReconnect: false });
+    await assert.rejects(ready, { code: 'origin-refused', message: error.message });
+    await assert.rejects(joining, { code: 'origin-refused' });
+    t.mock.timers.tick(600_000);
+    await settle();
+    assert.equal(WebSocket.instances.length, 1);
+  });
+
+  test('an allowed origin means the network: the usual backoff, and no error', async (t) => {
+    const { WebSocket, seen } = await closedBeforeOpen(t, { allowed: true });
+    assert.deepEqual(seen.map(([event]) => event), ['disconnect', 'reconnecting']);
+    assert.equal(seen[0][1].willReconnect, true);
+    t.mock.timers.tick(seen[1][1].delayMs);
+    assert.equal(WebSocket.instances.length, 2);
+  });
+
+  for (const [what, answer] of [
+    ['fails (the network)', new TypeError('Failed to fetch')],
+    ['answers an HTTP error (a server without the check)', { status: 404 }],
+    ['answers something else', { allowed: 'no' }],
+  ]) {
+    test(`when the check ${what}, it retries as usual`, async (t) => {
+      const { WebSocket, seen, joining } = await closedBeforeOpen(t, answer);
+      assert.deepEqual(seen.map(([event]) => event), ['disconnect', 'reconnecting']);
+      assert.equal(seen[0][1].willReconnect, true);
+      t.mock.timers.tick(BACKOFF.maxMs);
+      assert.equal(WebSocket.instances.length, 2);
+      const ws = WebSocket.instances[1];
+      ws.open();
+      ws.receive({ event: 'webrtc:connected', data: { socketId: 's', userId: '1' } });
+      assert.equal(ws.sent[0].event, 'webrtc:join-room', 'the queued request goes out on the next socket');
+      ws.receive({ event: 'webrtc:room-joined', data: { callRoomId: 'a' }, id: ws.sent[0].id });
+      assert.deepEqual(await joining, { callRoomId: 'a' });
+    });
+  }
+
+  test('a check that hangs is given up after 5 s, and it retries', async (t) => {
+    const { WebSocket, seen } = await closedBeforeOpen(t, 'hang');
+    assert.deepEqual(seen, []);
+    t.mock.timers.tick(5000);
+    await settle();
+    assert.deepEqual(seen.map(([event]) => event), ['disconnect', 'reconnecting']);
+    t.mock.timers.tick(BACKOFF.maxMs);
+    assert.equal(WebSocket.instances.length, 2);
+  });
+
+  test('a socket that had opened is a lost connection: no check', async (t) => {
+    const fetch = fakeFetch({ allowed: false });
+    const { client, ws } = connectedClient({ fetch });
+    ws.serverClose(1006);
+    await settle();
+    assert.equal(fetch.calls.length, 0);
+    client.close();
+  });
+
+  test('close() while the check runs ends it: no reconnect, one disconnect', async (t) => {
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    const WebSocket = manualWebSocket();
+    const client = new SignalingClient({ url: URL_, token: 'tok', WebSocket, fetch: fakeFetch({ allowed: true }) });
+    const disconnects = [];
+    client.on('disconnect', (info) => disconnects.push(info));
+    WebSocket.instances[0].serverClose(1006);
+    client.close();
+    await settle();
+    t.mock.timers.tick(60_000);
+    assert.equal(WebSocket.instances.length, 1);
+    assert.deepEqual(disconnects, [{ code: 1006, reason: '', willReconnect: false }]);
+  });
+
+  test('against a server that refuses the origin, and then allows it: connect() starts over', async () => {
+    const server = new FakeServer();
+    server.originAllowed = false;
+    const client = new SignalingClient({ url: URL_, token: 'alice', WebSocket: server.WebSocket, fetch: server.fetch });
+    await assert.rejects(client.ready(), { code: 'origin-refused' });
+    assert.deepEqual(server.originChecks, ['http://calls.test/api/calls/origin-check/']);
+    server.originAllowed = true;
+    client.connect();
+    assert.equal((await client.ready()).socketId, 'alice-1');
     client.close();
   });
 });

@@ -13,16 +13,19 @@
 
 /** Close code of an unauthenticated connection (PROTOCOL.md §8): never retried. */
 export const CLOSE_UNAUTHENTICATED = 4401;
+/** Where the server tells whether it accepts this page's origin (`{"allowed": bool}`). */
+export const ORIGIN_CHECK_PATH = '/api/calls/origin-check/';
 
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 15000, factor: 2 };
 const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
+const ORIGIN_CHECK_TIMEOUT_MS = 5000;
 const WS_OPEN = 1;
 // Relay errors that only mean "that peer is gone" or "we are rejoining": not worth a word.
 const RELAY_EVENTS = new Set(['webrtc:offer', 'webrtc:answer', 'webrtc:ice-candidate']);
 const QUIET_RELAY_ERRORS = new Set(['participant-not-found', 'not-in-room', 'room-not-found']);
 
 /** A request the server refused (`code` is the protocol's error code), or one that got no reply
- * (`code` is `"timeout"`, `"disconnected"` or `"closed"`). */
+ * (`code` is `"timeout"`, `"disconnected"`, `"closed"`, `"unauthenticated"` or `"origin-refused"`). */
 export class SignalingError extends Error {
   /**
    * @param {string} code
@@ -99,11 +102,19 @@ class Listeners {
  * - `connect` `{socketId, userId, resumed}` after each `webrtc:connected`;
  * - `disconnect` `{code, reason, willReconnect}` when the socket closes;
  * - `reconnecting` `{attempt, delayMs}` before each new attempt;
- * - `error` `(Error)` when a token could not be had.
+ * - `error` `(Error)` when a token could not be had, or a {@link SignalingError} of code
+ *   `"origin-refused"` when the server refuses this page's origin.
  *
  * Frames emitted while not connected are queued and sent, in order, right after the next
  * `webrtc:connected`. After a close with code 4401 (not authenticated), or `close()`, the
  * client stops; otherwise it reconnects with exponential backoff and jitter.
+ *
+ * A browser shows a handshake the server refused (HTTP 403 for a foreign `Origin`) only as
+ * a close 1006 before the socket opened, as it shows a network failure. So after such a
+ * close the client asks the server's origin check ({@link ORIGIN_CHECK_PATH}) before it
+ * decides: if the origin is refused, it stops (`error`, then `disconnect` with
+ * `willReconnect: false`, and whatever waits is rejected with `"origin-refused"`); if it is
+ * allowed, or the check cannot be had (the network), it retries as usual.
  */
 export class SignalingClient extends Listeners {
   /** Server-assigned id of the connection (from `webrtc:connected`); that of the last one while reconnecting. */
@@ -119,14 +130,18 @@ export class SignalingClient extends Listeners {
   #backoff;
   #requestTimeoutMs;
   #WebSocket;
+  #fetch;
+  #originCheckUrl;
   #ws = null;
   #opening = false;
+  #checkingOrigin = false;
   #queue = [];
   #pending = new Map();
   #nextRequestId = 1;
   #attempt = 0;
   #retryTimer = null;
   #stopped = false;
+  #stopCode = 'closed';
   #resumeToken = null;
 
   /**
@@ -140,6 +155,9 @@ export class SignalingClient extends Listeners {
    * @param {number} [options.requestTimeoutMs=10000] how long `request()` waits for its reply
    * @param {boolean} [options.autoConnect=true] connect at once (else call `connect()`)
    * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation, outside browsers
+   * @param {string | null} [options.originCheckUrl] the server's origin check, asked after a socket
+   *   closed before it opened; by default {@link ORIGIN_CHECK_PATH} on the host of `url`; `null`: never ask
+   * @param {typeof fetch} [options.fetch] a fetch implementation for the origin check
    */
   constructor({
     token,
@@ -149,6 +167,8 @@ export class SignalingClient extends Listeners {
     requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
     autoConnect = true,
     WebSocket: WebSocketImpl = globalThis.WebSocket,
+    originCheckUrl,
+    fetch: fetchImpl = globalThis.fetch?.bind(globalThis),
   } = {}) {
     super();
     this.#url = url ?? defaultUrl();
@@ -157,13 +177,15 @@ export class SignalingClient extends Listeners {
     this.#backoff = { ...DEFAULT_BACKOFF, ...backoff };
     this.#requestTimeoutMs = requestTimeoutMs;
     this.#WebSocket = WebSocketImpl;
+    this.#fetch = fetchImpl;
+    this.#originCheckUrl = originCheckUrl === undefined ? originCheckUrlOf(this.#url) : originCheckUrl;
     if (autoConnect) this.connect();
   }
 
   /** Open the connection (again, after `close()`); a no-op while one is open or opening. */
   connect() {
     this.#stopped = false;
-    if (!this.#ws && !this.#opening && this.#retryTimer === null) this.#open();
+    if (!this.#ws && !this.#opening && !this.#checkingOrigin && this.#retryTimer === null) this.#open();
     return this;
   }
 
@@ -227,10 +249,10 @@ export class SignalingClient extends Listeners {
         this.off('disconnect', onDisconnect);
         resolve(info);
       };
-      const onDisconnect = ({ code, reason, willReconnect }) => {
+      const onDisconnect = ({ reason, willReconnect }) => {
         if (willReconnect) return;
         this.off('connect', onConnect).off('disconnect', onDisconnect);
-        reject(new SignalingError(code === CLOSE_UNAUTHENTICATED ? 'unauthenticated' : 'closed', reason || 'closed'));
+        reject(new SignalingError(this.#stopCode, reason || 'closed'));
       };
       this.once('connect', onConnect).on('disconnect', onDisconnect);
     });
@@ -254,14 +276,54 @@ export class SignalingClient extends Listeners {
     if (this.#resumeToken) url.searchParams.set('resume', this.#resumeToken);
     const ws = new this.#WebSocket(url.toString());
     this.#ws = ws;
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+    };
     ws.onmessage = (message) => {
       if (ws === this.#ws) this.#receive(ws, message.data);
     };
     ws.onclose = (event) => {
       if (ws !== this.#ws) return;
       this.#ws = null;
-      this.#socketClosed(ws, event.code, event.reason);
+      const askOrigin = !opened && !this.#stopped && this.#originCheckUrl && typeof this.#fetch === 'function';
+      if (askOrigin) this.#closedBeforeOpen(ws, event.code, event.reason);
+      else this.#socketClosed(ws, event.code, event.reason);
     };
+  }
+
+  /** A socket that never opened: a refused origin, or the network? The server's origin check tells. */
+  async #closedBeforeOpen(ws, code, reason) {
+    this.#checkingOrigin = true;
+    const allowed = await this.#originAllowed();
+    this.#checkingOrigin = false;
+    if (allowed !== false || this.#stopped) {
+      this.#socketClosed(ws, code, reason);
+      return;
+    }
+    const origin = globalThis.location?.origin;
+    const refusal =
+      `The signaling server refuses websockets from this page's origin${origin ? ` (${origin})` : ''}: ` +
+      'it must be allowed there (ALLOWED_HOSTS or CSRF_TRUSTED_ORIGINS).';
+    this.#socketClosed(ws, code, refusal, { refused: true });
+  }
+
+  /** `true` or `false` from the server's origin check; `null` when it cannot be had (so: retry). */
+  async #originAllowed() {
+    const fetchImpl = this.#fetch; // called detached: a browser's fetch refuses another `this`
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), ORIGIN_CHECK_TIMEOUT_MS);
+    try {
+      const init = { credentials: 'omit', cache: 'no-store', signal: abort.signal };
+      const response = await fetchImpl(this.#originCheckUrl, init);
+      if (!response.ok) return null;
+      const { allowed } = await response.json();
+      return typeof allowed === 'boolean' ? allowed : null;
+    } catch {
+      return null; // the network, or a server without the check: no telling
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   #receive(ws, text) {
@@ -313,16 +375,17 @@ export class SignalingClient extends Listeners {
     ws.send(JSON.stringify(frame));
   }
 
-  #socketClosed(ws, code, reason) {
+  #socketClosed(ws, code, reason, { refused = false } = {}) {
     this.connected = false;
     // Requests sent on this socket will get no reply; queued ones wait for the next socket.
     this.#rejectPending(ws, 'disconnected', 'The connection was lost before the reply came.');
-    const willReconnect = !this.#stopped && this.#reconnect && code !== CLOSE_UNAUTHENTICATED;
+    const willReconnect = !refused && !this.#stopped && this.#reconnect && code !== CLOSE_UNAUTHENTICATED;
     if (!willReconnect) {
       this.#stopped = true;
-      const why = code === CLOSE_UNAUTHENTICATED ? 'unauthenticated' : 'closed';
-      this.#rejectPending(null, why, reason || `The connection was closed (${code}).`);
+      this.#stopCode = refused ? 'origin-refused' : code === CLOSE_UNAUTHENTICATED ? 'unauthenticated' : 'closed';
+      this.#rejectPending(null, this.#stopCode, reason || `The connection was closed (${code}).`);
     }
+    if (refused) this.dispatch('error', new SignalingError('origin-refused', reason));
     this.dispatch('disconnect', { code, reason, willReconnect });
     if (willReconnect) this.#scheduleReconnect();
   }
@@ -355,6 +418,13 @@ export class SignalingClient extends Listeners {
 function defaultUrl() {
   const { protocol, host } = globalThis.location;
   return `${protocol === 'https:' ? 'wss' : 'ws'}://${host}/ws/calls/`;
+}
+
+/** The origin check on the host of the websocket URL `wsUrl`. */
+function originCheckUrlOf(wsUrl) {
+  const url = new URL(ORIGIN_CHECK_PATH, wsUrl);
+  url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+  return url.toString();
 }
 
 /**
