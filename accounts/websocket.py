@@ -7,35 +7,67 @@ The stack (see ``config/asgi.py``) is ``OriginCheck`` → cookies →
 - no ``Origin`` (mobile apps, servers, test peers) is allowed, but then only a token
   authenticates: cross-site websocket hijacking rides on cookies, so the session cookie
   counts only when the browser proved an allowed origin;
-- credentials are tried in the order ``?token=``, ``Authorization: Bearer``, session.
+- credentials are tried in the order ``?token=``, ``?ticket=`` (``accounts.tickets``),
+  ``Authorization: Bearer``, session;
+- every authenticated connection's scope says when its authentication ends
+  (``AUTH_EXPIRES_AT``): the token's expiry, the ticket's (that of the credential that
+  obtained it) or the session's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from importlib import import_module
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import parse_qs
 
-from channels.auth import get_user as get_session_user
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync
 from channels.security.websocket import OriginValidator
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.base import SessionBase
+from django.core.exceptions import ValidationError
+from django.utils.crypto import constant_time_compare
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.throttle import client_address, get_throttle
+from accounts.tickets import get_ticket_store
 
 logger = logging.getLogger("accounts")
 T = TypeVar("T")
+P = ParamSpec("P")
 
 # Scope keys this module sets; consumers read them.
 ORIGIN_STATE = "calls.origin"  # "allowed" or "absent"
 AUTH_THROTTLED = "calls.auth_throttled"  # True when the address failed too often: close 4429
+# Set on every authenticated connection: when its authentication ends, as a Unix time
+# (float), or None when the credential never expires.
+AUTH_EXPIRES_AT = "calls.auth_expires_at"
+
+# The handshake's user lookups (token, ticket, session) run on threads of their own.
+# database_sync_to_async runs every call on asgiref's one thread-sensitive thread, which
+# the call-history writer (calls/history.py) uses too: behind a backlog of history writes
+# (a slow database, the leaves of a thousand participants of a dead process) every
+# handshake, and even the 4401 of a bad token, would wait its turn. The lookups need no
+# thread affinity: each opens or reuses its thread's own database connection, and
+# DatabaseSyncToAsync closes stale ones around each call as database_sync_to_async does.
+# Two threads: a lookup is one or two indexed reads, and more would hold more database
+# connections per process for nothing.
+AUTH_LOOKUP_THREADS = 2
+_auth_lookup_executor = ThreadPoolExecutor(max_workers=AUTH_LOOKUP_THREADS, thread_name_prefix="auth-lookup")
+
+
+def in_auth_thread(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``fn`` (synchronous, may use the database) as a coroutine function that runs it on
+    the handshake's own lookup threads, never behind call-history writes."""
+    return DatabaseSyncToAsync(fn, thread_sensitive=False, executor=_auth_lookup_executor)
 
 
 class OriginCheck(OriginValidator):
@@ -66,23 +98,29 @@ def allowed_websocket_origins() -> list[str]:
     return hosts + list(settings.CSRF_TRUSTED_ORIGINS)
 
 
-def presented_token(scope: dict) -> str | None:
-    """The access token the client presented: query parameter first, then the header."""
+def presented_credential(scope: dict) -> tuple[str, str] | None:
+    """The credential the client presented, as ``("token", raw)`` or ``("ticket", raw)``,
+    in the order of docs/protocol.md §2: ``?token=``, ``?ticket=``, then the header. ``None``
+    when there is none; an empty value (an ``Authorization`` header of another scheme)
+    is a failed credential."""
     query = parse_qs(scope.get("query_string", b"").decode("latin1"))
     if query.get("token"):
-        return query["token"][0]
+        return "token", query["token"][0]
+    if query.get("ticket"):
+        return "ticket", query["ticket"][0]
     for name, value in scope.get("headers", []):
         if name == b"authorization":
             scheme, _, credential = value.decode("latin1").partition(" ")
             if scheme.lower() == "bearer":
-                return credential.strip()
-            return ""  # an Authorization header of another scheme is a failed credential
+                return "token", credential.strip()
+            return "token", ""  # an Authorization header of another scheme is a failed credential
     return None
 
 
-@database_sync_to_async
-def user_from_token(raw: str) -> Any:
-    """The active user an access token names, or ``None`` for any invalid token.
+def user_and_expiry_from_token(raw: str) -> tuple[Any, float | None]:
+    """The active user an access token names and the token's expiry (its ``exp``, a Unix
+    time), or ``(None, None)`` for any invalid token. Synchronous (it reads the
+    database): wrap it, e.g. ``await in_auth_thread(user_and_expiry_from_token)(raw)``.
 
     simplejwt checks the signature with the configured algorithm only (so ``alg: none``
     fails), the expiry, and that the token is an *access* token; ``get_user`` refuses
@@ -90,15 +128,84 @@ def user_from_token(raw: str) -> Any:
     """
     try:
         token = AccessToken(raw)
-        return JWTAuthentication().get_user(token)
+        user = JWTAuthentication().get_user(token)
     except (TokenError, AuthenticationFailed):
+        return None, None
+    expires_at = token.get("exp")
+    return user, float(expires_at) if expires_at is not None else None
+
+
+async def user_from_token(raw: str) -> Any:
+    """The active user an access token names, or ``None`` for any invalid token."""
+    user, _ = await in_auth_thread(user_and_expiry_from_token)(raw)
+    return user
+
+
+def active_user(user_id: str) -> Any:
+    """The active user of this primary key, or ``None``."""
+    try:
+        return get_user_model()._default_manager.filter(pk=user_id, is_active=True).first()
+    except (ValueError, ValidationError):
         return None
 
 
+async def user_and_expiry_from_ticket(raw: str) -> tuple[Any, float | None]:
+    """The active user a ticket was issued to and when its authentication ends, or
+    ``(None, None)`` for a ticket that is unknown, used, expired, or whose obtaining
+    credential has expired meanwhile. Using a ticket spends it, whatever the outcome."""
+    ticket = await get_ticket_store().aredeem(raw)
+    if ticket is None:
+        return None, None
+    if ticket.auth_expires_at is not None and ticket.auth_expires_at <= time.time():
+        return None, None
+    user = await in_auth_thread(active_user)(ticket.user_id)
+    return (user, ticket.auth_expires_at) if user is not None else (None, None)
+
+
+def user_and_expiry_from_session(session: SessionBase) -> tuple[Any, float | None]:
+    """The active user a Django session is logged in as and the session's expiry, or
+    ``(None, None)``. Synchronous (it reads the database).
+
+    Django's own checks (``django.contrib.auth.get_user``): the backend is configured and
+    the session's auth hash matches the user's (or one made with a fallback secret), so
+    a password change logs the session out. Unlike Django, nothing is written: a session
+    that fails is refused here, and flushed or re-keyed by the next HTTP request.
+    """
+    try:
+        user_id = get_user_model()._meta.pk.to_python(session[SESSION_KEY])
+        backend_path = session[BACKEND_SESSION_KEY]
+    except (KeyError, ValidationError):
+        return None, None
+    if backend_path not in settings.AUTHENTICATION_BACKENDS:
+        return None, None
+    user = load_backend(backend_path).get_user(user_id)
+    if user is None or not user.is_active:
+        return None, None
+    session_hash = session.get(HASH_SESSION_KEY)
+    hashes = [user.get_session_auth_hash(), *user.get_session_auth_fallback_hash()]
+    if not session_hash or not any(constant_time_compare(session_hash, known) for known in hashes):
+        return None, None
+    return user, session_expires_at(session)
+
+
+def session_expires_at(session: SessionBase) -> float | None:
+    """When a session stops authenticating, as a Unix time. For database-backed sessions
+    (``db``, ``cached_db``) that is their row's ``expire_date``, fixed when the session was
+    last saved; other engines can only tell ``get_expiry_date()``, counted from now."""
+    get_model = getattr(session, "get_model_class", None)
+    if get_model is not None and session.session_key:
+        rows = get_model()._default_manager.filter(session_key=session.session_key)
+        expire_date = rows.values_list("expire_date", flat=True).first()
+        if expire_date is not None:
+            return expire_date.timestamp()
+    return session.get_expiry_date().timestamp()
+
+
 class WebsocketAuthMiddleware:
-    """Sets ``scope["user"]`` from a token or, with an allowed Origin, the session named
-    by the session cookie (Channels' ``CookieMiddleware`` above it parses the cookies);
-    refuses to try at all for an address with too many recent failures.
+    """Sets ``scope["user"]`` (and ``AUTH_EXPIRES_AT``) from a token, a ticket or, with an
+    allowed Origin, the session named by the session cookie (Channels'
+    ``CookieMiddleware`` above it parses the cookies); refuses to try at all for an
+    address with too many recent failures.
 
     The session is read here rather than by Channels' ``SessionMiddleware``, which also
     wraps ``send`` for the connection's whole life to save the session on HTTP responses,
@@ -120,17 +227,24 @@ class WebsocketAuthMiddleware:
             scope["user"] = AnonymousUser()
             return await self.inner(scope, receive, send)
         user: Any = None
-        raw = presented_token(scope)
-        if raw is not None:
-            user = await user_from_token(raw) if raw else None
+        expires_at: float | None = None
+        credential = presented_credential(scope)
+        if credential is not None:
+            kind, raw = credential
+            if raw and kind == "ticket":
+                user, expires_at = await user_and_expiry_from_ticket(raw)
+            elif raw:
+                user, expires_at = await in_auth_thread(user_and_expiry_from_token)(raw)
             if user is None:
                 await _fail_open(throttle.record_failure(address), None)
         elif scope.get(ORIGIN_STATE) == "allowed":
             session = self.session_store(scope["cookies"].get(settings.SESSION_COOKIE_NAME))
-            user = await get_session_user(dict(scope, session=session))
-            if not user.is_active:
-                user = None
-        scope["user"] = user if user is not None else AnonymousUser()
+            user, expires_at = await in_auth_thread(user_and_expiry_from_session)(session)
+        if user is not None:
+            scope["user"] = user
+            scope[AUTH_EXPIRES_AT] = expires_at
+        else:
+            scope["user"] = AnonymousUser()
         return await self.inner(scope, receive, send)
 
 

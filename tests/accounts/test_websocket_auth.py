@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import json
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -12,10 +14,13 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.sessions.backends.db import SessionStore
+from django.contrib.sessions.models import Session
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts.models import User
-from tests.conftest import RECEIVE_TIMEOUT_SECS, access_token, make_user
+from accounts.websocket import AUTH_EXPIRES_AT, user_and_expiry_from_token
+from tests.accounts.conftest import authenticated_scope
+from tests.conftest import RECEIVE_TIMEOUT_SECS, ConnectFactory, access_token, history_written, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -168,3 +173,88 @@ async def test_an_unauthenticated_socket_gets_no_event_handled(db: None) -> None
     assert (await communicator.receive_output(timeout=RECEIVE_TIMEOUT_SECS))["code"] == 4401
     assert await communicator.receive_nothing(timeout=0.2)
     await communicator.disconnect()
+
+
+async def test_the_scope_says_when_the_token_expires(alice: User) -> None:
+    """Tests that a token's connection carries the token's ``exp`` in ``AUTH_EXPIRES_AT``."""
+    token = AccessToken.for_user(alice)
+    for path, headers in [
+        (f"/ws/calls/?token={token}", []),
+        ("/ws/calls/", [(b"authorization", f"Bearer {token}".encode())]),
+    ]:
+        scope = await authenticated_scope(path, headers)
+        assert scope["user"].pk == alice.pk
+        assert scope[AUTH_EXPIRES_AT] == float(token["exp"])
+
+
+async def test_the_scope_says_when_the_session_expires(alice: User) -> None:
+    """Tests that a session's connection carries the session's expiry date."""
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    session_key = cookie[1].decode().partition("=")[2]
+    expire_date = (await Session.objects.aget(session_key=session_key)).expire_date
+    scope = await authenticated_scope("/ws/calls/", [ALLOWED_ORIGIN, cookie])
+    assert scope["user"].pk == alice.pk
+    assert scope[AUTH_EXPIRES_AT] == expire_date.timestamp()
+
+
+async def test_an_unauthenticated_scope_has_no_expiry(db: None) -> None:
+    """Tests that ``AUTH_EXPIRES_AT`` is set for authenticated connections only."""
+    scope = await authenticated_scope("/ws/calls/?token=forged")
+    assert not scope["user"].is_authenticated
+    assert AUTH_EXPIRES_AT not in scope
+
+
+async def test_a_changed_password_ends_the_sessions_authentication(alice: User) -> None:
+    """Tests that a session whose auth hash no longer matches (password changed) is refused."""
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    alice.set_password("another password")
+    await alice.asave()
+    await assert_closed_4401("/ws/calls/", [ALLOWED_ORIGIN, cookie])
+
+
+def test_user_and_expiry_from_token(alice: User) -> None:
+    """Tests that the synchronous lookup returns the user and the token's expiry, or nothing."""
+    token = AccessToken.for_user(alice)
+    user, expires_at = user_and_expiry_from_token(str(token))
+    assert user == alice
+    assert expires_at == float(token["exp"])
+    assert user_and_expiry_from_token("forged") == (None, None)
+    assert user_and_expiry_from_token(str(RefreshToken.for_user(alice))) == (None, None)
+
+
+async def test_the_handshake_does_not_wait_for_the_shared_database_thread(alice: User) -> None:
+    """Tests that token and session lookups run on their own threads: a handshake completes
+    while database_sync_to_async's one thread (the call-history writer's) is busy."""
+    cookie = await database_sync_to_async(session_cookie)(alice)
+    started, release = threading.Event(), threading.Event()
+
+    def busy_history_write() -> None:
+        started.set()
+        release.wait(10)
+
+    blocker = asyncio.ensure_future(database_sync_to_async(busy_history_write)())
+    try:
+        assert await asyncio.to_thread(started.wait, 5)
+        credentials = [(f"/ws/calls/?token={access_token(alice)}", []), ("/ws/calls/", [ALLOWED_ORIGIN, cookie])]
+        for path, headers in credentials:
+            scope = await asyncio.wait_for(authenticated_scope(path, headers), RECEIVE_TIMEOUT_SECS)
+            assert scope["user"].pk == alice.pk
+        assert not blocker.done(), "the shared thread was busy all along"
+    finally:
+        release.set()
+        await blocker
+
+
+async def test_handshakes_and_history_writes_share_the_database(
+    connect: ConnectFactory, alice: User, bob: User
+) -> None:
+    """Tests that handshake lookups (their own threads) and call-history writes (the shared
+    thread) run side by side on one database without getting in each other's way."""
+    caller = await connect(alice)
+    for i in range(10):
+        await caller.send("webrtc:join-room", {"callRoomId": f"room-{i}"})  # a history write or two
+        others = await asyncio.gather(*(connect(user) for user in (alice, bob, bob)))
+        assert [other.user_id for other in others] == [str(alice.pk), str(bob.pk), str(bob.pk)]
+        await caller.expect("webrtc:room-joined")
+        await asyncio.gather(*(other.close() for other in others))
+    await history_written()
