@@ -48,6 +48,8 @@ def adjust_daphne() -> None:
     _defer_autobahn_debug_formatting()
     _add_flow_control()
     _write_at_once()
+    _close_with_a_code_on_protocol_errors()
+    _time_out_slow_request_heads()
 
 
 def check_daphne_stack(installed: dict[str, str] | None = None) -> None:
@@ -65,11 +67,14 @@ def check_daphne_stack(installed: dict[str, str] | None = None) -> None:
         )
     from autobahn.websocket import protocol
     from daphne.server import Server
-    from daphne.ws_protocol import WebSocketProtocol
+    from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
     from twisted.internet.abstract import FileDescriptor
+    from twisted.web.http import HTTPChannel
 
     required = {
         WebSocketProtocol: ("serverClose", "sendCloseFrame", "onOpen", "onMessage"),
+        WebSocketFactory: ("__init__", "setProtocolOptions"),
+        HTTPChannel: ("dataReceived", "allHeadersReceived", "requestDone", "connectionLost", "callLater"),
         Server: ("handle_reply",),
         FileDescriptor: ("write", "dataBuffer", "_writeDisconnected", "connected", "disconnecting"),
         protocol: ("pformat",),
@@ -258,3 +263,68 @@ def _write_at_once() -> None:
         original_write(self, data)
 
     FileDescriptor.write = write
+
+
+def _close_with_a_code_on_protocol_errors() -> None:
+    """Close a websocket that breaks the protocol with its close code, as RFC 6455 asks
+    (1007 for a text frame that is not UTF-8, 1002 for other violations).
+
+    autobahn's servers "fail by drop" by default: they reset the TCP connection, so the
+    client sees a network error (1006) and cannot tell its own bug from a lost network.
+    """
+    from daphne.ws_protocol import WebSocketFactory
+
+    original_init = WebSocketFactory.__init__
+
+    def init(self: WebSocketFactory, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.setProtocolOptions(failByDrop=False)
+
+    WebSocketFactory.__init__ = init
+
+
+# From the first byte of a request to the end of its headers (a websocket handshake
+# included). Twisted only times out a connection that sends nothing for a minute, so a
+# client that trickles a byte every few seconds held its connection (and a file
+# descriptor) indefinitely, without logging in.
+REQUEST_HEAD_TIMEOUT_SECS = 5.0
+
+
+def _time_out_slow_request_heads() -> None:
+    """Abort an HTTP connection whose request head is not complete within
+    ``REQUEST_HEAD_TIMEOUT_SECS`` of its first byte. A body, once the head is in, and an
+    idle keep-alive connection keep Twisted's own timeouts."""
+    from twisted.web.http import HTTPChannel
+
+    original_data_received = HTTPChannel.dataReceived
+    original_all_headers_received = HTTPChannel.allHeadersReceived
+    original_request_done = HTTPChannel.requestDone
+    original_connection_lost = HTTPChannel.connectionLost
+
+    def disarm(channel: HTTPChannel) -> None:
+        deadline = channel.__dict__.pop("calls_head_deadline", None)
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def data_received(self: HTTPChannel, data: bytes) -> None:
+        if "calls_head_deadline" not in self.__dict__ and not self.__dict__.get("calls_in_request"):
+            self.calls_head_deadline = self.callLater(REQUEST_HEAD_TIMEOUT_SECS, self.transport.abortConnection)
+        original_data_received(self, data)
+
+    def all_headers_received(self: HTTPChannel) -> None:
+        disarm(self)
+        self.calls_in_request = True
+        original_all_headers_received(self)
+
+    def request_done(self: HTTPChannel, request: Any) -> None:
+        self.calls_in_request = False
+        original_request_done(self, request)
+
+    def connection_lost(self: HTTPChannel, reason: Any) -> None:
+        disarm(self)
+        original_connection_lost(self, reason)
+
+    HTTPChannel.dataReceived = data_received
+    HTTPChannel.allHeadersReceived = all_headers_received
+    HTTPChannel.requestDone = request_done
+    HTTPChannel.connectionLost = connection_lost

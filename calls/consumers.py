@@ -128,13 +128,16 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             reply = await services.handle_request(caller, protocol.parse_frame(text_data))
         except SignalingError as error:
             metrics.ERRORS.labels(error.code.value).inc()
-            logger.info(
-                "signaling error %s event=%.64r room=%s %s",
-                error.code.value,
-                error.event,
-                error.room_id,
-                caller.log_context(),
-            )
+            unlogged = self.limiter.may_log_error()
+            if unlogged is not None:
+                logger.info(
+                    "signaling error %s event=%.64r room=%s %s (%d more since the last line)",
+                    error.code.value,
+                    error.event,
+                    error.room_id,
+                    caller.log_context(),
+                    unlogged,
+                )
             reply = protocol.error_frame(error)
         except Exception:
             metrics.ERRORS.labels(ErrorCode.INTERNAL_ERROR.value).inc()

@@ -10,14 +10,19 @@ is rebuilt from the declared fields below.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
 
-MAX_METADATA_BYTES = 4096  # PROTOCOL.md §3: metadata is at most 4 KiB serialized
+MAX_METADATA_BYTES = 4096  # docs/protocol.md §3: metadata is at most 4 KiB serialized
+MAX_METADATA_DEPTH = 8
+MAX_FRAME_DEPTH = 32  # deeper frames are refused before decoding, which would recurse
 MAX_REQUEST_ID_CHARS = 64
+MAX_SDP_MID_CHARS = 256
+MAX_SDP_MLINE_INDEX = 65535
 
 
 class Event(StrEnum):
@@ -108,10 +113,11 @@ def utc_now_iso() -> str:
 # Client request schemas (PROTOCOL.md §3)
 # ---------------------------------------------------------------------------
 
-RoomId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+# \Z, not $: "$" also matches before a trailing newline, which would split log lines.
+RoomId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+\Z")]
 SocketId = Annotated[str, Meta(min_length=1, max_length=128)]
-SdpMid = str | None
-SdpMLineIndex = Annotated[int, Meta(ge=0)] | None
+SdpMid = Annotated[str, Meta(max_length=MAX_SDP_MID_CHARS)] | None
+SdpMLineIndex = Annotated[int, Meta(ge=0, le=MAX_SDP_MLINE_INDEX)] | None
 
 
 class SessionDescription(Struct, frozen=True):
@@ -199,6 +205,7 @@ _request_decoders = {event: msgspec.json.Decoder(schema) for event, schema in RE
 _encoder = msgspec.json.Encoder()
 
 BAD_ENVELOPE = 'A frame must be a JSON object with a string "event" and an object "data".'
+TOO_DEEP = f"A frame may nest at most {MAX_FRAME_DEPTH} levels deep."
 BAD_ID = f'"id" must be a string or an integer of at most {MAX_REQUEST_ID_CHARS} characters.'
 
 
@@ -223,6 +230,8 @@ def parse_frame(text: str | bytes) -> ParsedRequest:
 
     The frame size and type checks belong to the transport, which sees the raw frame.
     """
+    if nests_deeper_than(text, MAX_FRAME_DEPTH):
+        raise SignalingError(ErrorCode.INVALID_MESSAGE, TOO_DEEP, details={"maxDepth": MAX_FRAME_DEPTH})
     try:
         envelope = _envelope_decoder.decode(text)
     except msgspec.DecodeError as exc:  # not JSON, or not an object: nothing to echo
@@ -255,9 +264,41 @@ def parse_frame(text: str | bytes) -> ParsedRequest:
     return ParsedRequest(event=Event(event), request=request, request_id=request_id)
 
 
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def nests_deeper_than(text: str | bytes, limit: int) -> bool:
+    """Whether a JSON text nests arrays and objects deeper than ``limit``. Cheap for
+    ordinary frames: only a text with more than ``limit`` opening brackets is scanned."""
+    raw = text.encode() if isinstance(text, str) else text
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    depth = 0
+    for match in _BRACKET.finditer(_STRING.sub(b"", raw)):
+        if match.group() in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of a decoded JSON value (an object of scalars is 1 deep)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(item) for item in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(item) for item in value), default=0)
+    return 0
+
+
 def _checked_join_metadata(request: JoinRoom) -> JoinRoom:
     """Enforce the 4 KiB limit and normalize ``groupId`` to a string of digits."""
     metadata = dict(request.metadata or {})
+    if _depth(metadata) > MAX_METADATA_DEPTH:
+        raise ValueError(f"metadata may nest at most {MAX_METADATA_DEPTH} levels deep - at `$.metadata`")
     size = len(_encoder.encode(metadata))
     if size > MAX_METADATA_BYTES:
         raise ValueError(

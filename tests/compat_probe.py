@@ -9,21 +9,9 @@ from typing import Any
 
 from autobahn.websocket import protocol
 from daphne.server import Server
-from daphne.ws_protocol import WebSocketProtocol
+from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
 from twisted.internet.abstract import FileDescriptor
-
-# Taken before the project's application is imported, which is when it adjusts daphne.
-ORIGINALS = {
-    "WebSocketProtocol.serverClose": WebSocketProtocol.serverClose,
-    "WebSocketProtocol.onOpen": WebSocketProtocol.onOpen,
-    "WebSocketProtocol.onMessage": WebSocketProtocol.onMessage,
-    "Server.handle_reply": Server.handle_reply,
-    "FileDescriptor.write": FileDescriptor.write,
-    "autobahn.protocol.pformat": protocol.pformat,
-}
-
-from calls import compat  # noqa: E402
-from config.asgi import application as project  # noqa: E402
+from twisted.web.http import HTTPChannel
 
 
 def current() -> dict[str, Any]:
@@ -31,10 +19,21 @@ def current() -> dict[str, Any]:
         "WebSocketProtocol.serverClose": WebSocketProtocol.serverClose,
         "WebSocketProtocol.onOpen": WebSocketProtocol.onOpen,
         "WebSocketProtocol.onMessage": WebSocketProtocol.onMessage,
+        "WebSocketFactory.__init__": WebSocketFactory.__init__,
+        "HTTPChannel.dataReceived": HTTPChannel.dataReceived,
+        "HTTPChannel.allHeadersReceived": HTTPChannel.allHeadersReceived,
+        "HTTPChannel.requestDone": HTTPChannel.requestDone,
+        "HTTPChannel.connectionLost": HTTPChannel.connectionLost,
         "Server.handle_reply": Server.handle_reply,
         "FileDescriptor.write": FileDescriptor.write,
         "autobahn.protocol.pformat": protocol.pformat,
     }
+
+
+# Taken before the project's application is imported, which is when it adjusts daphne.
+ORIGINALS = current()
+from calls import compat  # noqa: E402
+from config.asgi import application as project  # noqa: E402
 
 
 async def application(scope: dict, receive: Any, send: Any) -> None:

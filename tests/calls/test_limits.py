@@ -145,3 +145,14 @@ async def test_a_newcomer_to_a_full_mesh_sends_its_whole_burst(
 
     await asyncio.gather(*(all_arrive(other) for other in others))
     await newcomer.expect_silence()
+
+
+def test_the_error_log_is_sampled_once_a_second_and_counts_what_it_left_out() -> None:
+    clock = FakeClock()
+    limiter = FrameLimiter(rate=100, burst=500, clock=clock)
+
+    assert limiter.may_log_error() == 0
+    assert [limiter.may_log_error() for _ in range(5)] == [None] * 5
+    clock.now += 1.0
+    assert limiter.may_log_error() == 5
+    assert limiter.may_log_error() is None

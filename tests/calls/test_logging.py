@@ -51,3 +51,18 @@ async def test_joins_leaves_errors_and_relays_are_logged_without_sdp_or_tokens(
     assert logged(logging.INFO, "participant-not-found", "room=logged", context)
     assert logged(logging.DEBUG, "relay webrtc:offer", f"from={a.socket_id}", f"to={b.socket_id}")
     assert logged(logging.DEBUG, "relay webrtc:ice-candidate", f"from={b.socket_id}", "to=*")
+
+
+async def test_signaling_errors_are_logged_at_most_once_a_second_per_connection_and_counted(
+    connect: ConnectFactory, alice: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="calls")
+    client = await connect(alice)
+
+    for _ in range(50):
+        await client.send("webrtc:leave-room", {"callRoomId": "nowhere"})
+        await client.expect_error("not-in-room")
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "calls" and "signaling error" in r.getMessage()]
+    assert 1 <= len(lines) <= 2, lines  # the 50 errors took well under two seconds
+    assert "(0 more since the last line)" in lines[0]

@@ -97,6 +97,26 @@ MALFORMED_FRAMES = [
     pytest.param(candidate(candidate={"candidate": 5}), id="candidate object with a number"),
     pytest.param(candidate(sdpMid=5), id="candidate sdpMid a number"),
     pytest.param(candidate(sdpMLineIndex=-1), id="candidate sdpMLineIndex negative"),
+    pytest.param(join("r\n"), id="callRoomId with a trailing newline"),
+    pytest.param(join("group-1\nINFO forged log line"), id="callRoomId with a newline inside"),
+    pytest.param(offer(sdpMLineIndex=65536), id="sdpMLineIndex over 65535"),
+    pytest.param(offer(sdpMLineIndex=int("9" * 301)), id="sdpMLineIndex of 301 digits"),
+    pytest.param(candidate(sdpMLineIndex=65536), id="candidate sdpMLineIndex over 65535"),
+    pytest.param(candidate(candidate={"candidate": "", "sdpMLineIndex": 70000}), id="candidate init index over 65535"),
+    pytest.param(offer(sdpMid="m" * 257), id="sdpMid of 257 characters"),
+    pytest.param(candidate(sdpMid="m" * 257), id="candidate sdpMid of 257 characters"),
+    pytest.param("[" * 65000, id="64 KiB of ["),
+    pytest.param(
+        '{"event": "webrtc:join-room", "data": {"callRoomId": "x", "metadata": ' + "[" * 40 + "]" * 40 + "}}",
+        id="a frame nested 43 deep",
+    ),
+    pytest.param(
+        join(metadata={"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": {"i": 1}}}}}}}}}), id="metadata nested 9 deep"
+    ),
+    pytest.param(
+        '{"event": "webrtc:join-room", "data": {"callRoomId": "x", "metadata": ' + '{"a":' * 970 + "1" + "}" * 972,
+        id="metadata nested 970 deep",
+    ),
     pytest.param({**join(), "id": "x" * 65}, id="id of 65 characters"),
     pytest.param({**join(), "id": ["c-1"]}, id="id a list"),
     pytest.param({**join(), "id": {"n": 1}}, id="id an object"),
@@ -335,3 +355,24 @@ async def test_a_frame_of_exactly_the_size_limit_is_relayed(
     await sender.send_raw(json.dumps({"event": OFFER, "data": data}))
 
     assert (await target.expect(OFFER))["data"]["offer"]["sdp"] == "x" * padding
+
+
+async def test_metadata_may_nest_8_levels_deep(connect: ConnectFactory, alice: User) -> None:
+    creator = await connect(alice)
+    metadata = {"a": {"b": {"c": {"d": {"e": {"f": {"g": {"h": 1}}}}}}}}
+
+    joined = await creator.join("deep", metadata=metadata)
+
+    assert joined["metadata"]["a"] == metadata["a"]
+
+
+@pytest.mark.parametrize(("index", "mid"), [(0, "0"), (65535, "m" * 256), (None, None)])
+async def test_sdp_bounds_are_inclusive(
+    in_room: InRoom, alice: User, bob: User, index: int | None, mid: str | None
+) -> None:
+    sender, target = await in_room("r", alice, bob)
+
+    await sender.send_raw(rendered(candidate(sdpMLineIndex=index, sdpMid=mid), target))
+
+    relayed = (await target.expect("webrtc:ice-candidate"))["data"]
+    assert (relayed["sdpMLineIndex"], relayed["sdpMid"]) == (index, mid)

@@ -101,7 +101,8 @@ async def test_room_join_refuses_a_non_member_of_the_rooms_group(alice: User, da
         )
 
     assert refusal(excinfo) == (ErrorCode.FORBIDDEN, services.FORBIDDEN_GROUP)
-    assert [m.participant.socket_id for m in await get_presence().members(room_key=f"team-call@{team.pk}")] == [member.socket_id]
+    members = await get_presence().members(room_key=f"team-call@{team.pk}")
+    assert [m.participant.socket_id for m in members] == [member.socket_id]
     await nothing_delivered(member, outsider)
 
 
