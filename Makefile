@@ -29,11 +29,18 @@ format: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# The Django tests of the database's behaviour run a second time on a real PostgreSQL,
+# which tests/settings.py starts for CALLS_TEST_DATABASE=postgresql and stops at exit
+# (the server-process tests run on both databases within the first run).
+POSTGRES_TESTS := tests/calls/test_history.py tests/accounts/test_seed_demo.py
 test: lint
 	scripts/ensure-redis
+	scripts/ensure-postgres
+	scripts/ensure-nginx
 	scripts/ensure-chromium
 	node --test tests/js/
 	$(PY) -m pytest
+	CALLS_TEST_DATABASE=postgresql $(PY) -m pytest $(POSTGRES_TESTS)
 
 # The signaling benchmark (docs/benchmarks.md); BENCH_ARGS="--server uvicorn --scenarios S2"
 # runs one configuration instead of the reference set.

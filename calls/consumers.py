@@ -15,7 +15,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from accounts.websocket import AUTH_THROTTLED
+from accounts.websocket import AUTH_EXPIRES_AT, AUTH_THROTTLED
 from calls import delivery, metrics, protocol, services
 from calls.limits import FrameLimiter, Verdict
 from calls.protocol import CloseCode, ErrorCode, Event, SignalingError
@@ -93,15 +93,21 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=code)
             return
         self.limiter = FrameLimiter(rate=settings.CALLS_RATE_LIMIT, burst=settings.CALLS_RATE_BURST)
-        self.caller = await services.connection_opened(
-            self.mailbox, user_id=str(user.pk), username=user.username, display_name=user.shown_name
+        caller = await services.connection_opened(
+            self.mailbox,
+            user_id=str(user.pk),
+            username=user.username,
+            display_name=user.shown_name,
+            auth_expires_at=self.scope.get(AUTH_EXPIRES_AT),
         )
-        await self.send(
-            text_data=protocol.encode_frame(
-                Event.CONNECTED, {"socketId": self.caller.socket_id, "userId": self.caller.user_id}
-            )
-        )
-        logger.info("connect %s", self.caller.log_context())
+        if caller is None:
+            metrics.AUTH_REFUSED.labels(CloseCode.TOO_MANY_CONNECTIONS).inc()
+            logger.info("refused: too many connections userId=%s", user.pk)
+            await self.close(code=CloseCode.TOO_MANY_CONNECTIONS)
+            return
+        self.caller = caller
+        await self.send(text_data=protocol.encode_frame(Event.CONNECTED, services.connected_payload(caller)))
+        logger.info("connect %s", caller.log_context())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called for each client frame; every failure is answered to this client only."""

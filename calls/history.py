@@ -17,13 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
-from django.db import transaction
+from django.conf import settings
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from calls.models import CallParticipant, CallRoom
-from calls.presence.base import Departure, Participant, RoomSession
+from calls.presence.base import Departure, Participant, RoomSession, room_key
 from calls.protocol import Event, LeaveReason
 
 logger = logging.getLogger("calls")
@@ -44,6 +45,13 @@ class HistoryWriter:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def full(self) -> bool:
+        """Whether ``CALLS_HISTORY_QUEUE_LIMIT`` writes wait: joins are refused then."""
+        return len(self._queue) >= settings.CALLS_HISTORY_QUEUE_LIMIT
+
     async def drained(self) -> None:
         """Return once every write submitted so far is in the database."""
         if self._task is not None:
@@ -55,8 +63,41 @@ class HistoryWriter:
             await database_sync_to_async(_apply)(batch)
 
 
+Batch = list[tuple[Callable[..., Any], dict[str, Any]]]
+
+
+def _apply(batch: Batch) -> None:
+    """Write ``batch``; whatever fails is logged, and the writer goes on."""
+    try:
+        _apply_in_one_transaction(batch)
+    except IntegrityError:
+        # A foreign key checked only at COMMIT failed it, and with it the whole batch:
+        # SQLite cannot check its DEFERRABLE INITIALLY DEFERRED keys any earlier (say,
+        # a user deleted while their join was queued). Again, one transaction per write,
+        # so that the failure loses only its own write.
+        if len(batch) == 1:
+            logger.exception("could not record call history (%s)", batch[0][0].__name__)
+            return
+        logger.warning("a batch of %d call history writes failed at COMMIT: writing them one by one", len(batch))
+        for write, kwargs in batch:
+            try:
+                _apply_in_one_transaction([(write, kwargs)])
+            except DatabaseError:
+                logger.exception("could not record call history (%s)", write.__name__)
+    except DatabaseError:  # the database is unreachable, say
+        logger.exception("could not record %d call history writes", len(batch))
+
+
 @transaction.atomic
-def _apply(batch: list[tuple[Callable[..., Any], dict[str, Any]]]) -> None:
+def _apply_in_one_transaction(batch: Batch) -> None:
+    if connection.vendor == "postgresql":
+        # Django's foreign keys are DEFERRABLE INITIALLY DEFERRED, so a write naming a
+        # user or group deleted meanwhile would fail only the COMMIT, losing every write
+        # of the batch. Checked at each statement instead, the failure stays within its
+        # savepoint, and the rows it found are locked against deletion until the COMMIT
+        # (which checking existence first would not do).
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     for write, kwargs in batch:
         try:
             with transaction.atomic():
@@ -151,15 +192,19 @@ def _session_row(session: RoomSession) -> CallRoom:
     if call is not None:
         return call
     # Presence says this session is the room's only live one, so any other row still
-    # open for the room id is a leftover whose end was not yet (or never) written.
-    _close_sessions(CallRoom.objects.filter(room_id=session.room_id, ended_at__isnull=True))
+    # open for the room id is a leftover whose end was not yet (or never) written. Not
+    # this session's own: on PostgreSQL, another process's first joiner may have
+    # committed it since the read above (SQLite's write lock left no such gap).
+    group_id = int(session.group_id) if session.group_id else None
+    leftovers = CallRoom.objects.filter(room_id=session.room_id, group_id=group_id, ended_at__isnull=True)
+    _close_sessions(leftovers.exclude(session_id=session.session_id))
     metadata = session.metadata
     call, _ = CallRoom.objects.get_or_create(
         session_id=session.session_id,
         defaults={
             "room_id": session.room_id,
             "call_type": metadata["callType"],
-            "group_id": int(session.group_id) if session.group_id else None,
+            "group_id": group_id,
             "created_by_id": int(metadata["createdBy"]),
             "metadata": metadata,
             "started_at": _parse_time(metadata["createdAt"]),
@@ -178,8 +223,9 @@ def _close_sessions(calls: QuerySet[CallRoom]) -> int:
 
 
 def open_sessions() -> list[tuple[str, str]]:
-    """``(room_id, session_id)`` of every session the database still shows as live."""
-    return list(CallRoom.objects.filter(ended_at__isnull=True).values_list("room_id", "session_id"))
+    """``(room key, session_id)`` of every session the database still shows as live."""
+    rows = CallRoom.objects.filter(ended_at__isnull=True).values_list("room_id", "group_id", "session_id")
+    return [(room_key(room_id, None if group_id is None else str(group_id)), sid) for room_id, group_id, sid in rows]
 
 
 @transaction.atomic

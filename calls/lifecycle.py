@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import threading
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from calls import history, liveness, services
+from calls import credentials, history, liveness, services
 from calls.presence import get_presence
 from calls.presence.base import Presence, PresenceUnavailable
 
@@ -38,6 +39,7 @@ class ServerLifecycle:
         self.handle_signals = True
         self._lock: asyncio.Lock | None = None
         self._liveness: asyncio.Task | None = None
+        self._sweep: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
         self._shut_down = False
 
@@ -54,6 +56,7 @@ class ServerLifecycle:
         async with self._lock:
             if self.started:
                 return
+            raise_open_file_limit()
             presence = get_presence()
             if presence.shared:
                 # Take a lease and clear dead peers' participants before serving anyone,
@@ -61,6 +64,7 @@ class ServerLifecycle:
                 await liveness.liveness_tick()
                 self._liveness = asyncio.create_task(liveness.liveness_loop())
             await close_orphaned_sessions(presence)
+            self._sweep = asyncio.create_task(credentials.sweep_loop())
             if self.handle_signals:
                 self._install_sigterm_handler()
             self.started = True
@@ -83,8 +87,9 @@ class ServerLifecycle:
             return
         self._shut_down = True
         await services.shut_down_connections(settings.CALLS_SHUTDOWN_TIMEOUT_SECS)
-        if self._liveness is not None:
-            self._liveness.cancel()
+        for task in (self._liveness, self._sweep):
+            if task is not None:
+                task.cancel()
 
     def _install_sigterm_handler(self) -> None:
         """Put graceful shutdown in front of the server's own SIGTERM handling.
@@ -118,6 +123,30 @@ class ServerLifecycle:
                 self._stopping = loop.create_task(shut_down_then_stop())
 
         signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(on_sigterm))
+
+
+# Every websocket is a file descriptor; below this many, one process runs out of them
+# (and then fails health checks and logins for everyone) long before its CPU does.
+OPEN_FILES_WANTED = 65_536
+OPEN_FILES_WARNING = 4_096
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (at most
+    ``OPEN_FILES_WANTED``), warning when the result is still low; returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_WANTED if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_WANTED)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        logger.info("open-file limit raised from %d to %d", soft, wanted)
+        soft = wanted
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_WARNING:
+        logger.warning(
+            "open-file limit is %d: each connection holds a file, so this process serves fewer than that; "
+            "raise it (systemd: LimitNOFILE=, shell: ulimit -n)",
+            soft,
+        )
+    return soft
 
 
 async def close_orphaned_sessions(presence: Presence) -> None:

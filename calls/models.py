@@ -64,6 +64,7 @@ class CallParticipant(models.Model):
         DISCONNECTED = "disconnected"
         SWITCHED_ROOM = "switched-room"
         LOST = "lost"
+        REMOVED = "removed"
 
     call = models.ForeignKey(CallRoom, on_delete=models.CASCADE, related_name="participants")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="calls")

@@ -32,6 +32,7 @@ class Event(StrEnum):
     OFFER = "webrtc:offer"
     ANSWER = "webrtc:answer"
     ICE_CANDIDATE = "webrtc:ice-candidate"
+    REFRESH_AUTH = "webrtc:refresh-auth"
     # server → client (offer, answer and ice-candidate are relayed under their own names)
     CONNECTED = "webrtc:connected"
     ROOM_JOINED = "webrtc:room-joined"
@@ -39,6 +40,7 @@ class Event(StrEnum):
     PARTICIPANT_JOINED = "webrtc:participant-joined"
     PARTICIPANT_LEFT = "webrtc:participant-left"
     SIGNALING_ERROR = "webrtc:signaling-error"
+    ACK = "webrtc:ack"
 
 
 class ErrorCode(StrEnum):
@@ -60,6 +62,7 @@ class LeaveReason(StrEnum):
     DISCONNECTED = "disconnected"
     SWITCHED_ROOM = "switched-room"
     LOST = "lost"
+    REMOVED = "removed"  # no longer a member of the room's group
 
 
 class CloseCode:
@@ -67,6 +70,7 @@ class CloseCode:
 
     GOING_AWAY: Final = 1001
     UNAUTHENTICATED: Final = 4401
+    TOO_MANY_CONNECTIONS: Final = 4409
     FLOODING: Final = 4429
 
 
@@ -107,6 +111,11 @@ class SignalingError(Exception):
 def utc_now_iso() -> str:
     """Now as ISO 8601 UTC with milliseconds, like JavaScript's ``toISOString()``."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_utc(unix_time: float) -> str:
+    """A Unix time in the format of ``utc_now_iso``."""
+    return dt.datetime.fromtimestamp(unix_time, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------------------
@@ -174,7 +183,11 @@ class IceCandidate(Struct, frozen=True):
     sdpMLineIndex: SdpMLineIndex | UnsetType = UNSET
 
 
-Request = JoinRoom | LeaveRoom | Offer | Answer | IceCandidate
+class RefreshAuth(Struct, frozen=True):
+    token: str
+
+
+Request = JoinRoom | LeaveRoom | Offer | Answer | IceCandidate | RefreshAuth
 
 REQUEST_SCHEMAS: dict[str, type[Request]] = {
     Event.JOIN_ROOM: JoinRoom,
@@ -182,6 +195,7 @@ REQUEST_SCHEMAS: dict[str, type[Request]] = {
     Event.OFFER: Offer,
     Event.ANSWER: Answer,
     Event.ICE_CANDIDATE: IceCandidate,
+    Event.REFRESH_AUTH: RefreshAuth,
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from msgspec import UNSET
 
+from accounts.throttle import SlidingWindows, sliding_windows
+from accounts.websocket import in_auth_thread, user_and_expiry_from_token
 from calls import delivery, history, metrics
 from calls.history import RelayCounts
 from calls.ice import ice_servers_for
@@ -46,14 +49,17 @@ from calls.protocol import (
     LeaveRoom,
     Offer,
     ParsedRequest,
+    RefreshAuth,
     SignalingError,
     encode_frame,
+    iso_utc,
     utc_now_iso,
 )
 from groups.selectors import group_ids_of_user
 
 logger = logging.getLogger("calls")
 
+JOIN_WINDOW_SECS = 60.0  # CALLS_JOINS_PER_MINUTE
 CLOSED_LEAVE_RETRY_SECS = 1.0  # how often a leave that failed for a presence outage is retried
 CLOSED_LEAVE_RETRY_LIMIT = 3600  # …and for how many attempts at most
 
@@ -64,6 +70,9 @@ ROOM_NOT_FOUND = "There is no call with that id."
 PARTICIPANT_NOT_FOUND = "That participant is not in this call."
 RECIPIENT_BUSY = "The recipient is not keeping up; try again."
 UNAVAILABLE = "Signaling is unavailable for a moment; try again."
+REFRESH_REFUSED = "That token is not a valid access token of this connection's user."
+JOINS_RATE_LIMITED = "Too many joins; wait a moment before joining again."
+HISTORY_BUSY = "The server is busy recording calls; try joining again in a moment."
 
 
 def new_socket_id() -> str:
@@ -86,6 +95,10 @@ class Caller:
     # leaves, so exact for its own connections.
     room_id: str | None = None
     room_key: str | None = None
+    group_id: str | None = None
+    # When the credential the connection presented expires (a Unix time), if ever: the
+    # credentials sweep (calls/credentials.py) closes it then, unless refreshed.
+    auth_expires_at: float | None = None
 
     def participant(self) -> Participant:
         return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())
@@ -109,13 +122,45 @@ metrics.ROOMS.set_function(lambda: len({c.room_key for c in _connections.values(
 _RELAYED = {event: metrics.RELAYED.labels(event.value) for event in (Event.OFFER, Event.ANSWER, Event.ICE_CANDIDATE)}
 
 
-async def connection_opened(mailbox: delivery.Mailbox, *, user_id: str, username: str, display_name: str) -> Caller:
+async def connection_opened(
+    mailbox: delivery.Mailbox,
+    *,
+    user_id: str,
+    username: str,
+    display_name: str,
+    auth_expires_at: float | None = None,
+) -> Caller | None:
     """A transport accepted an authenticated connection; it reads ``mailbox`` for what
-    the rules address to it (frames, and close codes)."""
+    the rules address to it (frames, and close codes). ``None`` if the user already
+    holds ``CALLS_MAX_CONNECTIONS_PER_USER`` connections on all processes (close 4409)."""
     socket_id = new_socket_id()
-    caller = Caller(socket_id, await delivery.open_mailbox(socket_id, mailbox), user_id, username, display_name)
+    channel_name = await delivery.open_mailbox(socket_id, mailbox)
+    try:
+        counted = await get_presence().open_connection(
+            user_id=user_id,
+            socket_id=socket_id,
+            channel_name=channel_name,
+            limit=settings.CALLS_MAX_CONNECTIONS_PER_USER,
+        )
+    except PresenceUnavailable as exc:  # joins fail until it is back; the connection may wait for it
+        logger.warning("connection not counted, presence unavailable: %s", exc)
+        counted = True
+    if not counted:
+        delivery.close_mailbox(socket_id)
+        return None
+    caller = Caller(socket_id, channel_name, user_id, username, display_name, auth_expires_at=auth_expires_at)
     _connections[socket_id] = caller
     return caller
+
+
+def connected_payload(caller: Caller) -> dict[str, Any]:
+    """The data of ``webrtc:connected`` (docs/protocol.md §2)."""
+    expires = caller.auth_expires_at
+    return {
+        "socketId": caller.socket_id,
+        "userId": caller.user_id,
+        "authExpiresAt": iso_utc(expires) if expires else None,
+    }
 
 
 def open_connections() -> list[Caller]:
@@ -128,7 +173,10 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
     try:
         if isinstance(request, Offer | Answer | IceCandidate):
             await relay(caller, request)
-            return None
+            return _ack(parsed)
+        if isinstance(request, RefreshAuth):
+            await refresh_auth(caller, request)
+            return _ack(parsed)
         if isinstance(request, JoinRoom):
             with metrics.JOIN_SECONDS.time():
                 return encode_frame(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
@@ -142,11 +190,29 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
             UNAVAILABLE,
             event=parsed.event.value,
             request_id=parsed.request_id,
-            room_id=request.callRoomId,
+            room_id=getattr(request, "callRoomId", None),
         ) from None
     except SignalingError as error:
-        error.event, error.request_id, error.room_id = parsed.event.value, parsed.request_id, request.callRoomId
+        error.event, error.request_id = parsed.event.value, parsed.request_id
+        error.room_id = getattr(request, "callRoomId", None)
         raise
+
+
+def _ack(parsed: ParsedRequest) -> str | None:
+    """``webrtc:ack``, for a request that carried an ``id`` and has no reply of its own:
+    every request with an ``id`` gets exactly one reply (docs/protocol.md §1)."""
+    if parsed.request_id is None:
+        return None
+    return encode_frame(Event.ACK, {"event": parsed.event.value}, parsed.request_id)
+
+
+async def refresh_auth(caller: Caller, request: RefreshAuth) -> None:
+    """A fresh access token of the same user extends the connection's authentication
+    (docs/protocol.md §2); anything else is ``forbidden`` and changes nothing."""
+    user, expires_at = await in_auth_thread(user_and_expiry_from_token)(request.token)
+    if user is None or str(user.pk) != caller.user_id:
+        raise SignalingError(ErrorCode.FORBIDDEN, REFRESH_REFUSED)
+    caller.auth_expires_at = expires_at
 
 
 # ---------------------------------------------------------------------------
@@ -156,6 +222,7 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
 
 async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     """Rules 1 and 2: create or join a room, leaving the current one first."""
+    await _charge_join(caller)
     requested_group = (request.metadata or {}).get("groupId")
     me = caller.participant()
     metadata = dict(request.metadata or {})
@@ -188,7 +255,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
     others = outcome.others(caller.socket_id)
 
     if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
-        caller.room_id, caller.room_key = request.callRoomId, outcome.session.key
+        caller.room_id, caller.room_key, caller.group_id = request.callRoomId, outcome.session.key, requested_group
         previous_counts = caller.counts.reset()
         _persist(
             history.record_join,
@@ -238,10 +305,25 @@ async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DI
     if _connections.pop(caller.socket_id, None) is not None and not _connections and _all_closed is not None:
         _all_closed.set()
     try:
-        await _leave_current_room(caller, reason)
+        await _release(caller, reason)
     except PresenceUnavailable as exc:
         logger.warning("leave deferred, presence unavailable: %s %s", exc, caller.log_context())
-        _background(_retry_leave(caller, reason))
+        _background(_retry_release(caller, reason))
+
+
+async def _release(caller: Caller, reason: LeaveReason) -> None:
+    """What presence holds for a closed connection: its place in a room, and its count."""
+    await _leave_current_room(caller, reason)
+    await get_presence().close_connection(user_id=caller.user_id, socket_id=caller.socket_id)
+
+
+async def remove_from_group_room(caller: Caller) -> None:
+    """The caller's user is no longer a member of its room's group: it leaves the room
+    (the others are told ``removed``) and is told ``room-left``."""
+    room_id = caller.room_id
+    await _leave_current_room(caller, LeaveReason.REMOVED)
+    if room_id is not None:
+        await delivery.deliver([caller.channel_name], encode_frame(Event.ROOM_LEFT, {"callRoomId": room_id}))
 
 
 async def _leave_current_room(caller: Caller, reason: LeaveReason) -> None:
@@ -254,11 +336,11 @@ async def _leave_current_room(caller: Caller, reason: LeaveReason) -> None:
         await _depart(caller, departure, reason)
 
 
-async def _retry_leave(caller: Caller, reason: LeaveReason) -> None:
+async def _retry_release(caller: Caller, reason: LeaveReason) -> None:
     for _ in range(CLOSED_LEAVE_RETRY_LIMIT):
         await asyncio.sleep(CLOSED_LEAVE_RETRY_SECS)
         try:
-            await _leave_current_room(caller, reason)
+            await _release(caller, reason)
             return
         except PresenceUnavailable:
             continue
@@ -279,7 +361,9 @@ async def participant_lost(departure: Departure) -> None:
     """Rule 4, last clause: a participant whose server process died leaves as ``lost``."""
     metrics.LOST.inc()
     _persist(history.record_leave, departure=departure, reason=LeaveReason.LOST, counts=RelayCounts())
-    await history.writer().drained()  # rare: let the record be complete when the room hears of it
+    # The record is written when the writer gets to it: the liveness beat that reaps
+    # must never wait for the database (a backlog there once delayed it past the TTL,
+    # and live processes then declared each other dead).
     await _announce_departure(departure, LeaveReason.LOST)
     logger.info(
         "lost room=%s socketId=%s userId=%s remaining=%d",
@@ -291,29 +375,33 @@ async def participant_lost(departure: Departure) -> None:
 
 
 async def shut_down_connections(timeout_secs: float) -> None:
-    """Graceful shutdown: every connection of this process leaves its room (the others
-    are told ``disconnected`` and the database rows closed), then is closed with 1001.
-    Returns when all are closed, or after ``timeout_secs``."""
+    """Graceful shutdown, within ``timeout_secs``: every connection of this process is
+    closed with 1001 first (nothing slow comes before it), then leaves its room (the
+    others are told ``disconnected``), and the history writes are drained last."""
     global _all_closed
     _all_closed = asyncio.Event()
     callers = open_connections()
     logger.info("shutting down %d connections", len(callers))
+    await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
     try:
         async with asyncio.timeout(timeout_secs):
-            await asyncio.gather(*(_leave_current_room(caller, LeaveReason.DISCONNECTED) for caller in callers))
-            await history.writer().drained()
-            await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
+            try:
+                await asyncio.gather(*(_release(caller, LeaveReason.DISCONNECTED) for caller in callers))
+            except PresenceUnavailable as exc:
+                logger.warning("shutdown without leaving rooms, presence unavailable: %s", exc)
             if _connections:
                 await _all_closed.wait()
+            await history.writer().drained()
     except TimeoutError:
-        logger.warning("shutdown timed out with %d connections open", len(_connections))
-    except PresenceUnavailable as exc:
-        logger.warning("shutdown without leaving rooms, presence unavailable: %s", exc)
-        await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
+        logger.warning(
+            "shutdown timed out with %d connections open and %d history writes waiting",
+            len(_connections),
+            history.writer().pending(),
+        )
 
 
 async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
-    caller.room_id = caller.room_key = None
+    caller.room_id = caller.room_key = caller.group_id = None
     _persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
     await _announce_departure(departure, reason)
     logger.info(
@@ -331,6 +419,38 @@ async def _announce_departure(departure: Departure, reason: LeaveReason) -> None
         {"callRoomId": departure.session.room_id, "participant": departure.participant.wire(), "reason": reason.value},
     )
     await delivery.deliver([m.channel_name for m in departure.remaining], frame)
+
+
+async def _charge_join(caller: Caller) -> None:
+    """Rule 1's ``CALLS_JOINS_PER_MINUTE`` per user, on all processes, and rule 9: a join
+    writes history, so the user who joins pays for it, and nobody joins while the
+    process's history queue is full (leaves are still recorded: each follows a join)."""
+    if history.writer().full():
+        raise SignalingError(ErrorCode.RATE_LIMITED, HISTORY_BUSY)
+    try:
+        verdict = await join_windows().ahit(caller.user_id, settings.CALLS_JOINS_PER_MINUTE)
+    except Exception as exc:  # the store is unreachable: presence will say so too
+        logger.warning("join rate store unavailable: %s", exc)
+        return
+    if not verdict.allowed:
+        retry_after = max(1, math.ceil(verdict.retry_after))
+        raise SignalingError(ErrorCode.RATE_LIMITED, JOINS_RATE_LIMITED, details={"retryAfter": retry_after})
+
+
+_join_windows: SlidingWindows | None = None
+
+
+def join_windows() -> SlidingWindows:
+    """Joins per user in the last minute: in Redis with REDIS_URL, else in memory."""
+    global _join_windows
+    if _join_windows is None:
+        _join_windows = sliding_windows("joins", JOIN_WINDOW_SECS)
+    return _join_windows
+
+
+def reset_join_windows() -> None:
+    global _join_windows
+    _join_windows = None
 
 
 def _persist(write: Any, **kwargs: Any) -> None:

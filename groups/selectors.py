@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from django.db.models import QuerySet
 
 from groups.models import Group, Membership
@@ -27,3 +29,12 @@ def group_for_member(*, user_id: int, group_id: int) -> Group | None:
     if not group_is_member(user_id=user_id, group_id=group_id):
         return None
     return Group.objects.prefetch_related("memberships__user").get(pk=group_id)
+
+
+def memberships_among(pairs: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
+    """Which of these ``(user_id, group_id)`` pairs (primary keys as strings) are
+    memberships, in one query."""
+    users = {user for user, _ in pairs}
+    groups = {group for _, group in pairs}
+    rows = Membership.objects.filter(user_id__in=users, group_id__in=groups).values_list("user_id", "group_id")
+    return {(str(user), str(group)) for user, group in rows} & set(pairs)

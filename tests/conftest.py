@@ -5,18 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from channels.layers import channel_layers
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import User
 from accounts.throttle import reset_throttle
 from calls.presence import reset_presence
+from calls.services import reset_join_windows
 from groups.models import Group, Membership
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
+from tests.servers import ServerDatabase
 
 PASSWORD = "correct horse battery staple"
 RECEIVE_TIMEOUT_SECS = 2.0  # generous for a loaded CI machine; waits end on the event
@@ -30,9 +35,25 @@ def fresh_signaling_state() -> None:
 
     reset_presence()
     reset_throttle()
+    reset_join_windows()
     channel_layers.backends.clear()
     config.asgi.application.started = True  # start-up cleanup has its own test
     config.asgi.application.handle_signals = False  # pytest keeps its own SIGTERM
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """pytest-django's, and then, before it drops the test database on PostgreSQL (see
+    tests/settings.py), the end of every other connection to it, or DROP DATABASE would
+    fail: threads of the code under test keep theirs while channels' communicator turns
+    close_old_connections into a no-op, and Django's async queries never close theirs."""
+    yield
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +152,20 @@ class Client:
     async def expect_silence(self, secs: float = SILENCE_SECS) -> None:
         assert await self.communicator.receive_nothing(timeout=secs), "an unexpected frame arrived"
 
+    async def expect_close(self, code: int, timeout: float = RECEIVE_TIMEOUT_SECS) -> None:
+        """The server closes the connection with ``code``, whatever frames came first."""
+        async with asyncio.timeout(timeout):
+            while (output := await self.communicator.receive_output(timeout))["type"] != "websocket.close":
+                pass
+        assert output.get("code") == code, output
+
+    async def round_trip(self) -> None:
+        """A sentinel: a request whose reply must be the next frame, proving that
+        nothing else arrived before it."""
+        await self.send("webrtc:leave-room", {"callRoomId": "sentinel-room"}, id="sentinel")
+        frame = await self.expect("webrtc:signaling-error")
+        assert frame["id"] == "sentinel" and frame["data"]["error"] == "not-in-room", frame
+
     async def join(self, room: str, **extra: Any) -> dict[str, Any]:
         """Join and return the ``room-joined`` data."""
         await self.send("webrtc:join-room", {"callRoomId": room, **extra})
@@ -201,3 +236,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def redis_url(redis_server: RedisServer) -> str:
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the session, started by the first test that needs it."""
+    server = PostgresServer(log_path=tmp_path_factory.mktemp("postgres") / "postgres.log").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerDatabase]:
+    """The database of a test's server processes, so that each such test runs on both:
+    a SQLite file in its tmp_path, or a fresh database of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        yield ServerDatabase("sqlite", tmp_path / "db.sqlite3")
+        return
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    name = server.create_database()
+    try:
+        yield ServerDatabase("postgresql", tmp_path / "db.sqlite3", server.url(name))
+    finally:
+        server.drop_database(name)

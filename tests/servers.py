@@ -8,14 +8,17 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import psycopg
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECS = 30.0
@@ -28,19 +31,42 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_env(database_path: Path, **extra: str) -> dict[str, str]:
-    """The environment of a production-like process on a shared SQLite file."""
+def server_env(database_path: Path, *, database_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a production-like process on a shared SQLite file, or on
+    ``database_url`` when given (a PostgreSQL database, see ``ServerDatabase``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CALLS_", "REDIS_", "DJANGO_"))}
     env.update(
         DJANGO_SETTINGS_MODULE="config.settings",
         SECRET_KEY="server-process-test-secret-key-of-sufficient-length",
         DEBUG="0",
         ALLOWED_HOSTS="127.0.0.1,localhost",
-        DATABASE_URL=f"sqlite:///{database_path}",
+        DATABASE_URL=database_url or f"sqlite:///{database_path}",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
     return env
+
+
+@dataclass
+class ServerDatabase:
+    """The database that a test's server processes share: the SQLite file ``path``, or
+    the PostgreSQL database ``url`` when set (tests/conftest.py's ``database`` fixture
+    gives each test both in turn)."""
+
+    kind: str  # "sqlite" or "postgresql"
+    path: Path
+    url: str | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return server_env(self.path, database_url=self.url, **extra)
+
+    def rows(self, query: str, *params: object) -> list[tuple]:
+        """The rows of ``query``, written with ``?`` placeholders for either database."""
+        if self.url is None:
+            with closing(sqlite3.connect(self.path, timeout=20)) as db:
+                return db.execute(query, params).fetchall()
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as db:
+            return db.execute(query.replace("?", "%s"), params).fetchall()
 
 
 def prepare_database(env: dict[str, str]) -> None:
@@ -150,10 +176,12 @@ def wait_until_serving(server: Server) -> None:
 
 
 @contextmanager
-def demo_server(workdir: Path, kind: str = "daphne", **extra_env: str) -> Iterator[Server]:
-    """One server process (daphne or uvicorn) on a fresh database with the demo users;
-    stopped after."""
-    env = server_env(workdir / "db.sqlite3", **extra_env)
+def demo_server(
+    workdir: Path, kind: str = "daphne", *, database_url: str | None = None, **extra_env: str
+) -> Iterator[Server]:
+    """One server process (daphne or uvicorn) on a fresh database (SQLite in ``workdir``
+    unless ``database_url`` names an empty one) with the demo users; stopped after."""
+    env = server_env(workdir / "db.sqlite3", database_url=database_url, **extra_env)
     prepare_database(env)
     command = SERVER_COMMANDS[kind]
     [server] = start_servers(lambda index, port: command(port), env, [workdir / f"{kind}.log"])

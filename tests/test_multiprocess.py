@@ -1,5 +1,6 @@
 """Tests that several real daphne processes sharing one Redis serve one set of rooms
-(PROTOCOL.md §5 rule 8), and survive a process kill and a Redis restart (rule 4)."""
+(PROTOCOL.md §5 rule 8), and survive a process kill and a Redis restart (rule 4); each
+on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import asyncio
 import re
 import secrets
 import signal
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.redis_server import RedisServer
-from tests.servers import Server, prepare_database, server_env, start_daphnes
+from tests.servers import Server, ServerDatabase, prepare_database, start_daphnes
 from tests.wsclient import WsClient
 
 PRESENCE_TTL_SECS = 3  # the smallest the settings allow, to keep the kill test short
@@ -30,12 +30,11 @@ HISTORY_TIMEOUT_SECS = 5.0
 class Cluster:
     servers: list[Server]
     redis: RedisServer
-    database: Path
+    database: ServerDatabase
     tokens: dict[str, str]
 
     def rows(self, sql: str, *params: object) -> list[tuple]:
-        with sqlite3.connect(self.database, timeout=20) as db:
-            return db.execute(sql, params).fetchall()
+        return self.database.rows(sql, *params)
 
     async def rows_become(self, expected: list[tuple], sql: str, *params: object) -> None:
         """Wait until the query answers ``expected``: call history is written just after
@@ -47,11 +46,10 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Redis, a shared SQLite database and three daphne processes; all stopped after."""
+def cluster(tmp_path: Path, database: ServerDatabase) -> Iterator[Cluster]:
+    """Redis, a shared database and three daphne processes; all stopped after."""
     redis = RedisServer(tmp_path / "redis").start()
-    database = tmp_path / "db.sqlite3"
-    env = server_env(database, REDIS_URL=redis.url, CALLS_PRESENCE_TTL_SECS=str(PRESENCE_TTL_SECS))
+    env = database.env(REDIS_URL=redis.url, CALLS_PRESENCE_TTL_SECS=str(PRESENCE_TTL_SECS))
     servers: list[Server] = []
     try:
         prepare_database(env)
@@ -128,6 +126,9 @@ async def test_concurrent_first_joins_across_processes_make_one_session(
     assert len({r["metadata"]["createdAt"] for r in results}) == 1
     await cluster.rows_become([(1,)], "SELECT count(*) FROM calls_callroom WHERE room_id = 'race'")
     await cluster.rows_become([(9,)], "SELECT count(*) FROM calls_callparticipant")
+    # Still live, everyone in it: no process took the others' fresh row for a leftover.
+    assert cluster.rows("SELECT count(*) FROM calls_callroom WHERE ended_at IS NULL") == [(1,)]
+    assert cluster.rows("SELECT count(*) FROM calls_callparticipant WHERE left_at IS NULL") == [(9,)]
 
 
 async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: list[WsClient]) -> None:
@@ -154,9 +155,9 @@ async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cl
     carol = await connect_to(cluster, clients, 2, "carol")
     joined = await carol.join("kill")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id]
-    rows = cluster.rows("SELECT left_at IS NOT NULL, leave_reason FROM calls_callparticipant WHERE socket_id = ?",
-                        doomed.socket_id)  # fmt: skip
-    assert rows == [(1, "lost")]
+    await cluster.rows_become([(1, "lost")],
+                              "SELECT left_at IS NOT NULL, leave_reason FROM calls_callparticipant WHERE socket_id = ?",
+                              doomed.socket_id)  # fmt: skip
     await alice.expect("webrtc:participant-joined")
     await alice.expect_silence(0.5)  # told once, whichever survivor noticed
 

@@ -1,12 +1,11 @@
 """Tests that SIGTERM shuts a real server process down gracefully: its participants
 leave their rooms as ``disconnected``, its websockets close with 1001, its database rows
-are closed, and it exits within ``CALLS_SHUTDOWN_TIMEOUT_SECS``."""
+are closed, and it exits within ``CALLS_SHUTDOWN_TIMEOUT_SECS``; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.redis_server import RedisServer
-from tests.servers import SERVER_COMMANDS, Server, prepare_database, server_env, start_daphnes, start_servers
+from tests.servers import SERVER_COMMANDS, Server, ServerDatabase, prepare_database, start_daphnes, start_servers
 from tests.wsclient import WsClient
 
 SHUTDOWN_TIMEOUT_SECS = 5
@@ -38,16 +37,17 @@ def wait_for_exit(server: Server) -> float:
     return time.monotonic() - started
 
 
-def participant_rows(database: Path) -> list[tuple]:
-    with sqlite3.connect(database, timeout=20) as db:
-        return db.execute("SELECT left_at IS NOT NULL, leave_reason FROM calls_callparticipant").fetchall()
+def participant_rows(database: ServerDatabase) -> list[tuple]:
+    return database.rows("SELECT left_at IS NOT NULL, leave_reason FROM calls_callparticipant")
 
 
 @pytest.mark.parametrize("kind", ["daphne", "uvicorn"])
-async def test_sigterm_closes_every_connection_after_leaving_its_room(tmp_path: Path, kind: str) -> None:
+async def test_sigterm_closes_every_connection_after_leaving_its_room(
+    tmp_path: Path, database: ServerDatabase, kind: str
+) -> None:
     """Tests also that the shutdown runs once (uvicorn follows SIGTERM with a lifespan
     shutdown)."""
-    env = server_env(tmp_path / "db.sqlite3", CALLS_SHUTDOWN_TIMEOUT_SECS=str(SHUTDOWN_TIMEOUT_SECS))
+    env = database.env(CALLS_SHUTDOWN_TIMEOUT_SECS=str(SHUTDOWN_TIMEOUT_SECS))
     prepare_database(env)
     command = SERVER_COMMANDS[kind]
     (server,) = start_servers(lambda index, port: command(port), env, [tmp_path / f"{kind}.log"])
@@ -63,21 +63,19 @@ async def test_sigterm_closes_every_connection_after_leaving_its_room(tmp_path: 
         assert codes == [1001, 1001]
         assert wait_for_exit(server) < SHUTDOWN_TIMEOUT_SECS + EXIT_MARGIN_SECS
         assert server.process.returncode is not None
-        assert participant_rows(tmp_path / "db.sqlite3") == [(1, "disconnected"), (1, "disconnected")]
-        with sqlite3.connect(tmp_path / "db.sqlite3") as db:
-            assert db.execute("SELECT count(*) FROM calls_callroom WHERE ended_at IS NULL").fetchone() == (0,)
+        assert participant_rows(database) == [(1, "disconnected"), (1, "disconnected")]
+        assert database.rows("SELECT count(*) FROM calls_callroom WHERE ended_at IS NULL") == [(0,)]
         assert server.log().count("shutting down") == 1, server.log()[-3000:]
     finally:
         server.stop(signal.SIGKILL)
 
 
-async def test_the_others_are_told_disconnected_not_lost(tmp_path: Path) -> None:
+async def test_the_others_are_told_disconnected_not_lost(tmp_path: Path, database: ServerDatabase) -> None:
     redis = RedisServer(tmp_path / "redis").start()
     servers: list[Server] = []
     try:
-        env = server_env(tmp_path / "db.sqlite3", REDIS_URL=redis.url,
-                         CALLS_SHUTDOWN_TIMEOUT_SECS=str(SHUTDOWN_TIMEOUT_SECS),
-                         CALLS_PRESENCE_TTL_SECS=str(PRESENCE_TTL_SECS))  # fmt: skip
+        env = database.env(REDIS_URL=redis.url, CALLS_SHUTDOWN_TIMEOUT_SECS=str(SHUTDOWN_TIMEOUT_SECS),
+                           CALLS_PRESENCE_TTL_SECS=str(PRESENCE_TTL_SECS))  # fmt: skip
         prepare_database(env)
         servers = start_daphnes(env, [tmp_path / "daphne0.log", tmp_path / "daphne1.log"])
         staying = await WsClient.open(servers[0].ws, servers[0].token("alice"))

@@ -186,6 +186,19 @@ class Presence(abc.ABC):
     async def members(self, *, room_key: str) -> tuple[Member, ...]:
         """The members of a room, oldest first."""
 
+    @abc.abstractmethod
+    async def open_connection(self, *, user_id: str, socket_id: str, channel_name: str, limit: int) -> bool:
+        """Count a new connection of a user, across every process sharing the store:
+        ``False`` (and nothing counted) if the user already holds ``limit``."""
+
+    @abc.abstractmethod
+    async def close_connection(self, *, user_id: str, socket_id: str) -> None:
+        """Stop counting a connection (a no-op if it is not counted)."""
+
+    @abc.abstractmethod
+    async def connections_of(self, *, user_id: str) -> tuple[str, ...]:
+        """The channels of every open connection of a user, on any process."""
+
     async def ping(self) -> None:  # noqa: B027 - nothing to reach for an in-process store
         """Raise ``PresenceUnavailable`` if the store cannot be reached."""
 
@@ -194,8 +207,8 @@ class Presence(abc.ABC):
         ``PresenceEvicted`` if peers already declared it dead."""
 
     async def reap(self) -> list[Departure]:
-        """Remove the members of processes whose lease expired; each departure is
-        returned to exactly one caller, across processes."""
+        """Remove the members and connections of processes whose lease expired; each
+        departure is returned to exactly one caller, across processes."""
         return []
 
     @abc.abstractmethod

@@ -29,6 +29,7 @@ class InMemoryPresence(Presence):
     def __init__(self) -> None:
         self._rooms: dict[str, _Room] = {}
         self._room_of: dict[str, str] = {}  # socketId -> room key
+        self._connections: dict[str, dict[str, str]] = {}  # userId -> socketId -> channel
 
     async def join(
         self,
@@ -96,3 +97,19 @@ class InMemoryPresence(Presence):
             return Route(RouteStatus.TARGET_NOT_IN_ROOM)
         return Route(RouteStatus.OK, (member.channel_name,))
 
+    async def open_connection(self, *, user_id: str, socket_id: str, channel_name: str, limit: int) -> bool:
+        connections = self._connections.setdefault(user_id, {})
+        if socket_id not in connections and len(connections) >= limit:
+            return False
+        connections[socket_id] = channel_name
+        return True
+
+    async def close_connection(self, *, user_id: str, socket_id: str) -> None:
+        connections = self._connections.get(user_id)
+        if connections is not None:
+            connections.pop(socket_id, None)
+            if not connections:
+                del self._connections[user_id]
+
+    async def connections_of(self, *, user_id: str) -> tuple[str, ...]:
+        return tuple(self._connections.get(user_id, {}).values())

@@ -17,6 +17,8 @@ and server V:
   room:R:channels   hash  S → channel name
   socket:S          string R
   server:V:sockets  set   S…
+  user:U:conns      hash  S → channel name: the user's open connections, all processes
+  server:V:conns    hash  S → U: the connections server V counted
   servers           set   V…
   lease:V           string, expires after the lease time
   reaped:V          string, marks a server that was declared dead
@@ -201,9 +203,32 @@ for _, sock in ipairs(redis.call('SMEMBERS', owned)) do
   if room then departures[#departures + 1] = remove(room, sock, dead) end
 end
 redis.call('DEL', owned)
+local conns = P .. 'server:' .. dead .. ':conns'
+local all = redis.call('HGETALL', conns)
+for i = 1, #all, 2 do redis.call('HDEL', P .. 'user:' .. all[i + 1] .. ':conns', all[i]) end
+redis.call('DEL', conns)
 return departures
 """
 )
+
+# ARGV: prefix, user, socket, channel, limit, server. Returns 1 if counted, 0 if the
+# user already holds ``limit`` connections.
+_OPEN_CONNECTION = """
+local P = ARGV[1]
+local key = P .. 'user:' .. ARGV[2] .. ':conns'
+if redis.call('HEXISTS', key, ARGV[3]) == 0 and redis.call('HLEN', key) >= tonumber(ARGV[5]) then return 0 end
+redis.call('HSET', key, ARGV[3], ARGV[4])
+redis.call('HSET', P .. 'server:' .. ARGV[6] .. ':conns', ARGV[3], ARGV[2])
+return 1
+"""
+
+# ARGV: prefix, user, socket, server
+_CLOSE_CONNECTION = """
+local P = ARGV[1]
+redis.call('HDEL', P .. 'user:' .. ARGV[2] .. ':conns', ARGV[3])
+redis.call('HDEL', P .. 'server:' .. ARGV[4] .. ':conns', ARGV[3])
+return 1
+"""
 
 # ARGV: prefix, room, session, group, socket, participant, channel, score, server
 _RESTORE = (
@@ -366,6 +391,7 @@ class RedisPresence(Presence):
         self.server_id = server_id or uuid.uuid4().hex
         self.lease_ms = int(lease_secs * 1000)
         self._held: dict[str, _Held] = {}
+        self._connections: dict[str, tuple[str, str]] = {}  # socketId -> (userId, channel), to restore
         self._registered = False
         # After a restore, peers need up to one beat to restore theirs.
         self.restore_window_secs = restore_window_secs
@@ -376,6 +402,27 @@ class RedisPresence(Presence):
         self._heartbeat = self.redis.register_script(_HEARTBEAT)
         self._reap = self.redis.register_script(_REAP)
         self._restore = self.redis.register_script(_RESTORE)
+        self._open_connection = self.redis.register_script(_OPEN_CONNECTION)
+        self._close_connection = self.redis.register_script(_CLOSE_CONNECTION)
+
+    @_unavailable_on_redis_error
+    async def open_connection(self, *, user_id: str, socket_id: str, channel_name: str, limit: int) -> bool:
+        if not self._registered:
+            await self.heartbeat()  # hold a lease before counting, or a peer could reap the count
+        args = [PREFIX, user_id, socket_id, channel_name, limit, self.server_id]
+        if not await self._open_connection(args=args):
+            return False
+        self._connections[socket_id] = (user_id, channel_name)
+        return True
+
+    @_unavailable_on_redis_error
+    async def close_connection(self, *, user_id: str, socket_id: str) -> None:
+        self._connections.pop(socket_id, None)
+        await self._close_connection(args=[PREFIX, user_id, socket_id, self.server_id])
+
+    @_unavailable_on_redis_error
+    async def connections_of(self, *, user_id: str) -> tuple[str, ...]:
+        return tuple(c.decode() for c in await self.redis.hvals(f"{PREFIX}user:{user_id}:conns"))
 
     @_unavailable_on_redis_error
     async def join(
@@ -491,6 +538,7 @@ class RedisPresence(Presence):
             # Peers declared this process dead and told its rooms; its members are gone.
             channels = self.held_channels()
             self._held.clear()
+            self._connections.clear()
             self.server_id = uuid.uuid4().hex
             self._registered = False
             raise PresenceEvicted(channels)
@@ -501,7 +549,10 @@ class RedisPresence(Presence):
         self._registered = True
 
     async def _restore_held(self) -> None:
-        """Redis lost its data: put back every member this process still serves."""
+        """Redis lost its data: put back every member and connection this process still
+        serves."""
+        for socket_id, (user_id, channel) in list(self._connections.items()):
+            await self._open_connection(args=[PREFIX, user_id, socket_id, channel, 2**31, self.server_id])
         for socket_id, held in list(self._held.items()):
             await self._restore(
                 args=[
@@ -535,7 +586,9 @@ class RedisPresence(Presence):
         return departures
 
     def held_channels(self) -> list[str]:
-        return [held.member.channel_name for held in self._held.values()]
+        """Every connection this process counted, in a room or not."""
+        channels = {held.member.channel_name for held in self._held.values()}
+        return sorted(channels | {channel for _, channel in self._connections.values()})
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
+import threading
 import uuid
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import Permission
+from django.db import connection
 from django.test import Client as HttpClient
 from django.utils import timezone
 
 from accounts.models import User
 from calls import history
 from calls.models import CallParticipant, CallRoom
+from calls.presence.base import Participant, RoomSession
 from groups.models import Group
 from tests.calls.conftest import InRoom
 from tests.conftest import Client, ConnectFactory, history_written, make_user
@@ -120,7 +126,7 @@ async def test_a_refused_join_records_nothing(
     await in_room("team-call", alice, metadata={"groupId": team.pk})
     outsider = await connect(dave)
 
-    await outsider.send("webrtc:join-room", {"callRoomId": "team-call"})
+    await outsider.send("webrtc:join-room", {"callRoomId": "team-call", "metadata": {"groupId": team.pk}})
     await outsider.expect_error("forbidden")
     await outsider.send("webrtc:join-room", {"callRoomId": "own-call", "metadata": {"groupId": team.pk}})
     await outsider.expect_error("forbidden")
@@ -217,6 +223,69 @@ async def test_relayed_messages_are_counted_when_their_sender_leaves(in_room: In
     await history_written()
     call = await CallRoom.objects.aget(room_id="r")
     assert (call.offers_relayed, call.answers_relayed, call.candidates_relayed) == (1, 1, 3)
+
+
+# ---------------------------------------------------------------------------
+# A batch of writes in which one fails
+# ---------------------------------------------------------------------------
+
+HOLD_TIMEOUT_SECS = 10.0
+
+
+def join_write(user: User, room_id: str) -> dict[str, Any]:
+    """The arguments of ``history.record_join`` for ``user`` starting a call in ``room_id``."""
+    now = timezone.now().isoformat()
+    session = RoomSession(
+        room_id=room_id,
+        session_id=uuid.uuid4().hex,
+        metadata={"callType": "audio", "createdBy": str(user.pk), "createdAt": now},
+    )
+    participant = Participant(
+        socket_id=f"{room_id}-socket", user_id=str(user.pk), username=user.username, display_name="", joined_at=now
+    )
+    return {"session": session, "participant": participant, "member_count": 1}
+
+
+def delete_user(pk: int) -> None:
+    """Delete a user from a thread and connection of its own, as an operator would."""
+    try:
+        User.objects.filter(pk=pk).delete()
+    finally:
+        connection.close()
+
+
+async def test_a_user_deleted_while_their_writes_are_queued_loses_only_their_writes(
+    alice: User, bob: User, dave: User, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tests that the writes of a user deleted while they wait in the writer's queue fail
+    alone, and the rest of their batch is recorded: on PostgreSQL, foreign keys are
+    checked at COMMIT unless made immediate, which would fail the whole batch."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold_the_database_thread() -> None:
+        started.set()
+        release.wait(HOLD_TIMEOUT_SECS)
+
+    # database_sync_to_async runs every call in one thread: the writer's batch waits
+    # behind this one, already taken from the queue, while dave is deleted.
+    holder = asyncio.ensure_future(database_sync_to_async(hold_the_database_thread)())
+    assert await asyncio.to_thread(started.wait, HOLD_TIMEOUT_SECS)
+    for user in (alice, dave, bob):
+        history.writer().submit(history.record_join, **join_write(user, f"{user.username}-room"))
+    await asyncio.sleep(0)  # the writer takes the three writes as one batch
+    await asyncio.to_thread(delete_user, dave.pk)
+    release.set()
+    await holder
+    with caplog.at_level(logging.WARNING, logger="calls"):
+        await history_written()
+
+    participants = CallParticipant.objects.values_list("call__room_id", "user_id")
+    assert {row async for row in participants} == {("alice-room", alice.pk), ("bob-room", bob.pk)}
+    assert {room async for room in CallRoom.objects.values_list("room_id", flat=True)} == {"alice-room", "bob-room"}
+    # PostgreSQL checks the key at the write, in its savepoint; SQLite only at COMMIT.
+    retried = ["a batch of 3 call history writes failed at COMMIT: writing them one by one"]
+    expected = [*(retried if connection.vendor == "sqlite" else []), "could not record call history (record_join)"]
+    assert [record.getMessage() for record in caplog.records] == expected
 
 
 # ---------------------------------------------------------------------------

@@ -152,6 +152,17 @@ async def test_joining_another_room_moves_the_member(presence: Presence) -> None
     assert socket_ids(await presence.members(room_key="one")) == ["b"]
 
 
+async def test_a_user_holds_at_most_the_limit_of_connections(presence: Presence) -> None:
+    for index in range(3):
+        assert await presence.open_connection(user_id="7", socket_id=f"s{index}", channel_name=f"c{index}", limit=3)
+    assert not await presence.open_connection(user_id="7", socket_id="s3", channel_name="c3", limit=3)
+    assert await presence.open_connection(user_id="8", socket_id="t0", channel_name="d0", limit=3)
+    await presence.close_connection(user_id="7", socket_id="s0")
+    assert await presence.open_connection(user_id="7", socket_id="s3", channel_name="c3", limit=3)
+    assert sorted(await presence.connections_of(user_id="7")) == ["c1", "c2", "c3"]
+    await presence.close_connection(user_id="7", socket_id="never-opened")
+
+
 async def test_the_last_one_out_ends_the_session(presence: Presence) -> None:
     await join(presence, "a")
     await join(presence, "b")
@@ -308,6 +319,24 @@ async def test_a_dead_process_is_reaped_exactly_once(processes: list[RedisPresen
     assert socket_ids(await alive.members(room_key="room")) == ["a", "o"]
     assert await alive.session(room_key="second") is None
     assert await alive.reap() == []
+
+
+async def test_connections_of_a_user_are_counted_across_processes_and_freed_with_a_dead_one(
+    processes: list[RedisPresence],
+) -> None:
+    alive, other, dead = processes
+    assert await alive.open_connection(user_id="7", socket_id="a", channel_name="ch-a", limit=3)
+    assert await dead.open_connection(user_id="7", socket_id="d", channel_name="ch-d", limit=3)
+    assert await other.open_connection(user_id="7", socket_id="o", channel_name="ch-o", limit=3)
+    assert not await other.open_connection(user_id="7", socket_id="o2", channel_name="ch-o2", limit=3)
+    assert sorted(await alive.connections_of(user_id="7")) == ["ch-a", "ch-d", "ch-o"]
+    await asyncio.sleep(LEASE_SECS * 1.5)  # the dead one stops beating; its lease runs out
+    await alive.heartbeat()
+    await other.heartbeat()
+    await alive.reap()
+    assert await other.open_connection(user_id="7", socket_id="o2", channel_name="ch-o2", limit=3)
+    await alive.close_connection(user_id="7", socket_id="a")
+    assert sorted(await other.connections_of(user_id="7")) == ["ch-o", "ch-o2"]
 
 
 async def test_a_live_process_is_never_reaped(processes: list[RedisPresence]) -> None:

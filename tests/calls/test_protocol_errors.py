@@ -300,6 +300,7 @@ async def test_a_relayed_frame_never_carries_the_senders_request_id(in_room: InR
     await sender.send(CANDIDATE, {"callRoomId": "r", "candidate": ""}, id="c-1")
 
     assert "id" not in await target.expect(CANDIDATE)
+    assert (await sender.expect("webrtc:ack"))["id"] == "c-1"  # the one reply to a request with an id
     await sender.expect_silence()
 
 

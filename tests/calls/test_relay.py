@@ -59,6 +59,7 @@ async def test_an_offer_or_answer_reaches_only_its_target_from_the_real_sender(
     await sender.send(event, spoofed, id="c-1")
 
     assert await target.receive() == {"event": event, "data": sent_by(sender, **{field: description})}
+    assert await sender.receive() == {"event": "webrtc:ack", "data": {"event": event}, "id": "c-1"}
     await all_silent(sender, target, bystander)
 
 

@@ -34,6 +34,7 @@ async def caller_for(user: User) -> services.Caller:
     caller = await services.connection_opened(
         mailbox, user_id=str(user.pk), username=user.username, display_name=user.shown_name
     )
+    assert caller is not None
     _mailboxes[caller.socket_id] = mailbox
     return caller
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 from pathlib import Path
 
@@ -13,7 +14,7 @@ BASE_ENV = {"SECRET_KEY": "x" * 50, "DEBUG": "0"}
 
 
 def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
-    for name in ("REDIS_URL", "DATABASE_URL", "CALLS_TURN_URLS", "CALLS_TURN_SECRET", "CALLS_ICE_SERVERS"):
+    for name in ("REDIS_URL", "DATABASE_URL", *(name for name in os.environ if name.startswith("CALLS_"))):
         monkeypatch.delenv(name, raising=False)
     for name, value in {**BASE_ENV, **env}.items():
         monkeypatch.setenv(name, value)
@@ -27,6 +28,9 @@ OPERATIONAL_SETTINGS = {
     "CALLS_SHUTDOWN_TIMEOUT_SECS": 10,
     "CALLS_METRICS_ALLOWED_IPS": ["127.0.0.1", "::1"],
     "CALLS_METRICS_TOKEN": None,
+    "CALLS_HISTORY_QUEUE_LIMIT": 10_000,
+    "CALLS_LOGIN_FAILURES_PER_ADDRESS": 20,
+    "CALLS_LOGIN_FAILURES_PER_USERNAME": 10,
 }
 
 
@@ -51,6 +55,9 @@ def test_the_calls_settings_have_the_protocol_defaults(monkeypatch: pytest.Monke
         "CALLS_TURN_URLS": [],
         "CALLS_TURN_SECRET": None,
         "CALLS_TURN_TTL_SECS": 86400,
+        "CALLS_MAX_CONNECTIONS_PER_USER": 10,
+        "CALLS_JOINS_PER_MINUTE": 30,
+        "CALLS_WS_TICKET_TTL_SECS": 30,
     }
 
 

@@ -45,8 +45,8 @@ async def test_the_call_list_fits_1280_px_and_tells_sessions_apart(browser: Brow
     await page.get_by_label("Password").fill(PASSWORD)
     await page.get_by_role("button", name="Log in").click()
     # django.contrib.auth's permission groups stay "Groups"; the product's are "Chat groups".
-    await expect(page.locator('#chatgroups-group a')).to_have_text("Chat groups")
-    await expect(page.locator('#auth-group a')).to_have_text("Groups")
+    await expect(page.locator("#chatgroups-group a")).to_have_text("Chat groups")
+    await expect(page.locator("#auth-group a")).to_have_text("Groups")
 
     await page.goto(f"{server.http}/admin/calls/callroom/?q=admin-list-room")
     row = page.locator("#result_list tbody tr").first
