@@ -18,7 +18,7 @@ from django.conf import settings
 from accounts.websocket import AUTH_EXPIRES_AT, AUTH_THROTTLED
 from calls import delivery, metrics, protocol, services
 from calls.limits import FrameLimiter, Verdict
-from calls.protocol import CloseCode, ErrorCode, Event, SignalingError
+from calls.protocol import NATIVE, CloseCode, ErrorCode, SignalingError
 
 logger = logging.getLogger("calls")
 
@@ -67,7 +67,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
                 if type(item) is int:
                     await self.close(code=item)
                 elif not self.closing:
-                    await self.send(text_data=item)
+                    await self.send(text_data=item.text(NATIVE))
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every message from the socket.
@@ -106,7 +106,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CloseCode.TOO_MANY_CONNECTIONS)
             return
         self.caller = caller
-        await self.send(text_data=protocol.encode_frame(Event.CONNECTED, services.connected_payload(caller)))
+        await self.send(text_data=services.connected_event(caller).text(NATIVE))
         logger.info("connect %s", caller.log_context())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -144,13 +144,13 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
                     caller.log_context(),
                     unlogged,
                 )
-            reply = protocol.error_frame(error)
+            reply = protocol.error_event(error)
         except Exception:
             metrics.ERRORS.labels(ErrorCode.INTERNAL_ERROR.value).inc()
             logger.exception("internal error %s", caller.log_context())
-            reply = protocol.error_frame(SignalingError(ErrorCode.INTERNAL_ERROR, "The server failed; try again."))
+            reply = protocol.error_event(SignalingError(ErrorCode.INTERNAL_ERROR, "The server failed; try again."))
         if reply is not None:
-            await self.send(text_data=reply)
+            await self.send(text_data=reply.text(NATIVE))
 
     @staticmethod
     def _frame_problem(text_data: str | None) -> SignalingError | None:

@@ -1,13 +1,15 @@
-"""Delivery of frames to connections, wherever they are served.
+"""Delivery of events to connections, wherever they are served.
 
-Each connection has a mailbox in its process and an address, ``<process inbox>#<socketId>``,
-which presence stores as the member's ``channel_name``. A frame for a connection in
-this process goes straight into its mailbox: no channel layer, no message dict, no
-task per frame (the consumer's writer task reads the mailbox). A frame for connections
-in other processes goes through the channel layer to each of those processes' inbox
-once, however many of its connections it is for (with Redis presence, the route script
-publishes it: ``forward``), and is put in their mailboxes there. With one process
-there is no inbox and no channel layer on this path at all.
+What is delivered is an event as a value (``calls.protocol.Outgoing``), which each
+transport frames in its own wire format. Each connection has a mailbox in its process
+and an address, ``<process inbox>#<socketId>``, which presence stores as the member's
+``channel_name``. An event for a connection in this process goes straight into its
+mailbox: no channel layer, no message dict, no task per event (the consumer's writer
+task reads the mailbox). An event for connections in other processes goes through the
+channel layer to each of those processes' inbox once, however many of its connections
+it is for (with Redis presence, the route script publishes it: ``forward``), with its
+data as JSON, and is put in their mailboxes there. With one process there is no inbox
+and no channel layer on this path at all.
 
 Figures (``python -m bench.run --scenarios S1 --no-bisect``) are at the end of
 ``deliver``.
@@ -29,6 +31,7 @@ from django.conf import settings
 from calls import metrics
 from calls.layers import DispatchingRedisPubSubChannelLayer
 from calls.presence.base import Forward
+from calls.protocol import Outgoing
 
 logger = logging.getLogger("calls")
 
@@ -47,30 +50,30 @@ class Mailbox:
     __slots__ = ("frames", "items", "reader")
 
     def __init__(self) -> None:
-        self.items: deque[str | int] | None = None
+        self.items: deque[Outgoing | int] | None = None
         self.frames = 0
         self.reader: asyncio.Future[None] | None = None  # set while the reader waits
 
-    def put_frame(self, text: str) -> bool:
-        """Queue a frame; ``False`` if the connection already has its fill waiting."""
+    def put_frame(self, event: Outgoing) -> bool:
+        """Queue an event; ``False`` if the connection already has its fill waiting."""
         if self.frames >= MAILBOX_CAPACITY:
             return False
         self.frames += 1
-        self._put(text)
+        self._put(event)
         return True
 
     def put_close(self, code: int) -> None:
         """Queue a request to close the connection; it always goes in."""
         self._put(code)
 
-    def _put(self, item: str | int) -> None:
+    def _put(self, item: Outgoing | int) -> None:
         if self.items is None:
             self.items = deque()
         self.items.append(item)
         if self.reader is not None and not self.reader.done():
             self.reader.set_result(None)
 
-    async def get(self) -> str | int:
+    async def get(self) -> Outgoing | int:
         while not self.items:
             self.reader = asyncio.get_running_loop().create_future()
             try:
@@ -80,7 +83,7 @@ class Mailbox:
         item = self.items.popleft()
         if not self.items:
             self.items = None
-        if type(item) is str:
+        if type(item) is not int:
             self.frames -= 1
         return item
 
@@ -102,19 +105,20 @@ def close_mailbox(socket_id: str) -> None:
     _mailboxes.pop(socket_id, None)
 
 
-async def deliver(addresses: Iterable[str], text: str) -> int:
-    """Send one encoded frame to each address; return how many could not take it (a
+async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
+    """Send one event to each address; return how many could not take it (a
     full mailbox here, or an unreachable channel layer). A frame for a connection that
     has just closed counts as delivered: it has left, or is about to leave, the room."""
     undelivered = 0
     here, remote = _sorted(addresses)
     for socket_id, mailbox in here:
-        if not mailbox.put_frame(text):
+        if not mailbox.put_frame(event):
             undelivered += 1
             logger.warning("mailbox full, frame refused socketId=%s", socket_id)
     for inbox, socket_ids in remote.items():
         try:
-            await get_channel_layer().send(inbox, {"type": _DELIVER, "to": socket_ids, "text": text})
+            message = {"type": _DELIVER, "to": socket_ids, "event": event.event, "data": event.encoded_data()}
+            await get_channel_layer().send(inbox, message)
         except Exception as exc:  # the layer's backend is unreachable, or the inbox full
             undelivered += len(socket_ids)
             logger.warning("frame not delivered to %d connections of inbox %s: %s", len(socket_ids), inbox, exc)
@@ -124,13 +128,13 @@ async def deliver(addresses: Iterable[str], text: str) -> int:
     return undelivered
 
 
-def forward(text: str) -> Forward | None:
-    """What lets presence publish ``text`` to other processes' inboxes while it routes,
+def forward(event: Outgoing) -> Forward | None:
+    """What lets presence publish ``event`` to other processes' inboxes while it routes,
     saving a round trip to Redis: possible when the channel layer is channels_redis's
     pub/sub layer without encryption, whose messages are plain msgpack."""
     if not _forwardable or _inbox is None:
         return None
-    return Forward(_inbox, _DELIVER, text)
+    return Forward(_inbox, _DELIVER, event.event, event.encoded_data())
 
 
 async def close(addresses: Iterable[str], code: int) -> None:
@@ -204,14 +208,16 @@ async def _read_inbox(layer: Any, inbox: str) -> None:
 
 
 def _take(message: dict[str, Any]) -> None:
-    """Put what another process sent into this process's mailboxes."""
+    """Put what another process sent into this process's mailboxes: one event for all
+    its recipients here, its data kept as the JSON it came as."""
+    event = None if message["type"] == _CLOSE else Outgoing(message["event"], None, encoded=message["data"])
     for socket_id in message["to"]:
         mailbox = _mailboxes.get(socket_id)
         if mailbox is None:
             continue
-        if message["type"] == _CLOSE:
+        if event is None:
             mailbox.put_close(message["code"])
-        elif not mailbox.put_frame(message["text"]):
+        elif not mailbox.put_frame(event):
             # The sender, in another process, cannot be told: count it.
             metrics.DROPPED.inc()
             logger.warning("mailbox full, frame from another process dropped socketId=%s", socket_id)

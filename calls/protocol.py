@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Protocol
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
@@ -98,14 +98,14 @@ class SignalingError(Exception):
         self.request_id = request_id
         self.room_id = room_id  # for the log only; never sent
 
-    def payload(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"error": self.code.value, "message": self.message}
-        if self.details:
-            data["details"] = self.details
-        if self.event:
-            data["event"] = self.event
-        data["timestamp"] = utc_now_iso()
-        return data
+    def payload(self) -> SignalingErrorData:
+        return SignalingErrorData(
+            error=self.code,
+            message=self.message,
+            timestamp=utc_now_iso(),
+            details=self.details if self.details else UNSET,
+            event=self.event if self.event else UNSET,
+        )
 
 
 def utc_now_iso() -> str:
@@ -256,7 +256,15 @@ def parse_frame(text: str | bytes) -> ParsedRequest:
         request_id = None
     if envelope.id is not UNSET and request_id is None:
         raise SignalingError(ErrorCode.INVALID_MESSAGE, BAD_ID, event=event)
-    if event is None or envelope.data is UNSET or not bytes(envelope.data).lstrip().startswith(b"{"):
+    if event is None:
+        raise SignalingError(ErrorCode.INVALID_MESSAGE, BAD_ENVELOPE, request_id=request_id)
+    return parse_request(event, None if envelope.data is UNSET else bytes(envelope.data), request_id)
+
+
+def parse_request(event: str, data: bytes | None, request_id: RequestId | None = None) -> ParsedRequest:
+    """Validate one request of any transport: its event name, and its data as raw JSON
+    (``None`` when the transport got none), in the order of docs/protocol.md §3."""
+    if data is None or not data.lstrip().startswith(b"{"):
         raise SignalingError(ErrorCode.INVALID_MESSAGE, BAD_ENVELOPE, event=event, request_id=request_id)
     decoder = _request_decoders.get(event)
     if decoder is None:
@@ -264,7 +272,7 @@ def parse_frame(text: str | bytes) -> ParsedRequest:
             ErrorCode.UNKNOWN_EVENT, "This server does not know that event.", event=event, request_id=request_id
         )
     try:
-        request = decoder.decode(envelope.data)
+        request = decoder.decode(data)
         if isinstance(request, JoinRoom) and request.metadata is not None:
             request = _checked_join_metadata(request)
     except (msgspec.ValidationError, ValueError) as exc:
@@ -331,17 +339,165 @@ def _checked_join_metadata(request: JoinRoom) -> JoinRoom:
 
 
 # ---------------------------------------------------------------------------
-# Server frames (PROTOCOL.md §1 and §4)
+# Server → client events (docs/protocol.md §4), declared: an event's data is always an
+# instance of its struct, so that an undeclared field cannot reach a client.
 # ---------------------------------------------------------------------------
 
 
-def encode_frame(event: Event, data: dict[str, Any], request_id: RequestId | None = None) -> str:
-    """One server → client frame as text; encoded once, however many receive it."""
-    frame: dict[str, Any] = {"event": event.value, "data": data}
-    if request_id is not None:
-        frame["id"] = request_id
-    return _encoder.encode(frame).decode()
+class ParticipantData(Struct, frozen=True):
+    socketId: str
+    userId: str
+    username: str
+    displayName: str
+    joinedAt: str  # ISO 8601 UTC
 
 
-def error_frame(error: SignalingError) -> str:
-    return encode_frame(Event.SIGNALING_ERROR, error.payload(), error.request_id)
+class Connected(Struct, frozen=True):
+    socketId: str
+    userId: str
+    authExpiresAt: str | None
+
+
+class RoomJoined(Struct, frozen=True):
+    callRoomId: str
+    participantCount: int
+    existingParticipants: list[ParticipantData]
+    participant: ParticipantData
+    metadata: dict[str, Any]
+    iceServers: list[dict[str, Any]]
+
+
+class RoomLeft(Struct, frozen=True):
+    callRoomId: str
+
+
+class ParticipantJoined(Struct, frozen=True):
+    callRoomId: str
+    participant: ParticipantData
+
+
+class ParticipantLeft(Struct, frozen=True):
+    callRoomId: str
+    participant: ParticipantData
+    reason: LeaveReason
+
+
+class RelayedOffer(Struct, frozen=True):
+    callRoomId: str
+    fromSocketId: str
+    fromUserId: str
+    offer: SessionDescription
+    sdpMid: SdpMid | UnsetType = UNSET
+    sdpMLineIndex: SdpMLineIndex | UnsetType = UNSET
+
+
+class RelayedAnswer(Struct, frozen=True):
+    callRoomId: str
+    fromSocketId: str
+    fromUserId: str
+    answer: SessionDescription
+
+
+class RelayedIceCandidate(Struct, frozen=True):
+    callRoomId: str
+    fromSocketId: str
+    fromUserId: str
+    candidate: IceCandidateInit | str
+    sdpMid: SdpMid | UnsetType = UNSET
+    sdpMLineIndex: SdpMLineIndex | UnsetType = UNSET
+
+
+class SignalingErrorData(Struct, frozen=True):
+    error: ErrorCode
+    message: str
+    timestamp: str
+    details: dict[str, Any] | UnsetType = UNSET
+    event: str | UnsetType = UNSET
+
+
+class Ack(Struct, frozen=True):
+    event: str
+
+
+SERVER_EVENTS: dict[Event, type[Struct]] = {
+    Event.CONNECTED: Connected,
+    Event.ROOM_JOINED: RoomJoined,
+    Event.ROOM_LEFT: RoomLeft,
+    Event.PARTICIPANT_JOINED: ParticipantJoined,
+    Event.PARTICIPANT_LEFT: ParticipantLeft,
+    Event.OFFER: RelayedOffer,
+    Event.ANSWER: RelayedAnswer,
+    Event.ICE_CANDIDATE: RelayedIceCandidate,
+    Event.SIGNALING_ERROR: SignalingErrorData,
+    Event.ACK: Ack,
+}
+
+
+class Wire(Protocol):
+    """A transport's framing of server events (the native one below; Socket.IO's in
+    its transport). ``name`` keys the cache of each event's encodings."""
+
+    name: str
+
+    def frame(self, event: Outgoing) -> str: ...
+
+
+class Outgoing:
+    """One server → client event as a value: the rules make these, and each transport
+    frames them. The data is encoded to JSON once, and each framing once per event,
+    however many recipients on however many transports receive it.
+
+    An event that came from another process carries its data already encoded
+    (``encoded``), and is never decoded here."""
+
+    __slots__ = ("_encoded", "_framed", "data", "event", "request_id")
+
+    def __init__(
+        self,
+        event: str,
+        data: Struct | None,
+        request_id: RequestId | None = None,
+        *,
+        encoded: bytes | str | None = None,
+    ) -> None:
+        self.event = event
+        self.data = data
+        self.request_id = request_id
+        self._encoded = encoded.encode() if isinstance(encoded, str) else encoded
+        self._framed: dict[str, str] | None = None
+
+    def encoded_data(self) -> bytes:
+        if self._encoded is None:
+            self._encoded = _encoder.encode(self.data)
+        return self._encoded
+
+    def text(self, wire: Wire) -> str:
+        framed = self._framed
+        if framed is None:
+            framed = self._framed = {}
+        text = framed.get(wire.name)
+        if text is None:
+            text = framed[wire.name] = wire.frame(self)
+        return text
+
+    def __repr__(self) -> str:
+        return f"Outgoing({self.event!r}, id={self.request_id!r})"
+
+
+class NativeWire:
+    """docs/protocol.md §1: ``{"event", "data"[, "id"]}`` as one text frame."""
+
+    name = "native"
+
+    def frame(self, event: Outgoing) -> str:
+        head = b'{"event":' + _encoder.encode(event.event) + b',"data":' + event.encoded_data()
+        if event.request_id is not None:
+            head += b',"id":' + _encoder.encode(event.request_id)
+        return (head + b"}").decode()
+
+
+NATIVE = NativeWire()
+
+
+def error_event(error: SignalingError) -> Outgoing:
+    return Outgoing(Event.SIGNALING_ERROR, error.payload(), error.request_id)

@@ -19,7 +19,6 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
-from msgspec import UNSET
 
 from accounts.throttle import SlidingWindows, sliding_windows
 from accounts.websocket import in_auth_thread, user_and_expiry_from_token
@@ -39,8 +38,10 @@ from calls.presence.base import (
     RouteStatus,
 )
 from calls.protocol import (
+    Ack,
     Answer,
     CloseCode,
+    Connected,
     ErrorCode,
     Event,
     IceCandidate,
@@ -48,10 +49,18 @@ from calls.protocol import (
     LeaveReason,
     LeaveRoom,
     Offer,
+    Outgoing,
     ParsedRequest,
+    ParticipantData,
+    ParticipantJoined,
+    ParticipantLeft,
     RefreshAuth,
+    RelayedAnswer,
+    RelayedIceCandidate,
+    RelayedOffer,
+    RoomJoined,
+    RoomLeft,
     SignalingError,
-    encode_frame,
     iso_utc,
     utc_now_iso,
 )
@@ -153,22 +162,35 @@ async def connection_opened(
     return caller
 
 
-def connected_payload(caller: Caller) -> dict[str, Any]:
-    """The data of ``webrtc:connected`` (docs/protocol.md §2)."""
+def connected_event(caller: Caller) -> Outgoing:
+    """``webrtc:connected`` (docs/protocol.md §2)."""
     expires = caller.auth_expires_at
-    return {
-        "socketId": caller.socket_id,
-        "userId": caller.user_id,
-        "authExpiresAt": iso_utc(expires) if expires else None,
-    }
+    return Outgoing(
+        Event.CONNECTED,
+        Connected(
+            socketId=caller.socket_id,
+            userId=caller.user_id,
+            authExpiresAt=iso_utc(expires) if expires is not None else None,
+        ),
+    )
+
+
+def participant_data(participant: Participant) -> ParticipantData:
+    return ParticipantData(
+        socketId=participant.socket_id,
+        userId=participant.user_id,
+        username=participant.username,
+        displayName=participant.display_name,
+        joinedAt=participant.joined_at,
+    )
 
 
 def open_connections() -> list[Caller]:
     return list(_connections.values())
 
 
-async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
-    """Apply one validated request; return the reply frame, if the event has one."""
+async def handle_request(caller: Caller, parsed: ParsedRequest) -> Outgoing | None:
+    """Apply one validated request; return the reply, if it has one."""
     request = parsed.request
     try:
         if isinstance(request, Offer | Answer | IceCandidate):
@@ -179,9 +201,9 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
             return _ack(parsed)
         if isinstance(request, JoinRoom):
             with metrics.JOIN_SECONDS.time():
-                return encode_frame(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
+                return Outgoing(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
         if isinstance(request, LeaveRoom):
-            return encode_frame(Event.ROOM_LEFT, await room_leave(caller, request), parsed.request_id)
+            return Outgoing(Event.ROOM_LEFT, await room_leave(caller, request), parsed.request_id)
         raise AssertionError(f"no rule for {type(request).__name__}")
     except PresenceUnavailable as exc:
         logger.warning("presence unavailable: %s", exc)
@@ -198,12 +220,12 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> str | None:
         raise
 
 
-def _ack(parsed: ParsedRequest) -> str | None:
+def _ack(parsed: ParsedRequest) -> Outgoing | None:
     """``webrtc:ack``, for a request that carried an ``id`` and has no reply of its own:
     every request with an ``id`` gets exactly one reply (docs/protocol.md §1)."""
     if parsed.request_id is None:
         return None
-    return encode_frame(Event.ACK, {"event": parsed.event.value}, parsed.request_id)
+    return Outgoing(Event.ACK, Ack(event=parsed.event.value), parsed.request_id)
 
 
 async def refresh_auth(caller: Caller, request: RefreshAuth) -> None:
@@ -220,7 +242,7 @@ async def refresh_auth(caller: Caller, request: RefreshAuth) -> None:
 # ---------------------------------------------------------------------------
 
 
-async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
+async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     """Rules 1 and 2: create or join a room, leaving the current one first."""
     await _charge_join(caller)
     requested_group = (request.metadata or {}).get("groupId")
@@ -267,8 +289,8 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
         )
         if outcome.previous is not None:
             await _announce_departure(outcome.previous, LeaveReason.SWITCHED_ROOM)
-        announcement = encode_frame(
-            Event.PARTICIPANT_JOINED, {"callRoomId": request.callRoomId, "participant": me.wire()}
+        announcement = Outgoing(
+            Event.PARTICIPANT_JOINED, ParticipantJoined(callRoomId=request.callRoomId, participant=participant_data(me))
         )
         await delivery.deliver([m.channel_name for m in others], announcement)
         logger.info(
@@ -279,23 +301,23 @@ async def room_join(caller: Caller, request: JoinRoom) -> dict[str, Any]:
             outcome.status is JoinStatus.CREATED,
         )
 
-    return {
-        "callRoomId": request.callRoomId,
-        "participantCount": len(outcome.members),
-        "existingParticipants": [m.participant.wire() for m in others],
-        "participant": me.wire(),
-        "metadata": outcome.session.metadata,
-        "iceServers": ice_servers_for(user_id=caller.user_id),
-    }
+    return RoomJoined(
+        callRoomId=request.callRoomId,
+        participantCount=len(outcome.members),
+        existingParticipants=[participant_data(m.participant) for m in others],
+        participant=participant_data(me),
+        metadata=outcome.session.metadata,
+        iceServers=ice_servers_for(user_id=caller.user_id),
+    )
 
 
-async def room_leave(caller: Caller, request: LeaveRoom) -> dict[str, Any]:
+async def room_leave(caller: Caller, request: LeaveRoom) -> RoomLeft:
     """Rule 3: leave on request; the last one out ends the session."""
     departure = await get_presence().leave(room_key=caller.named_room(request.callRoomId), socket_id=caller.socket_id)
     if departure is None:
         raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
     await _depart(caller, departure, LeaveReason.LEFT)
-    return {"callRoomId": request.callRoomId}
+    return RoomLeft(callRoomId=request.callRoomId)
 
 
 async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
@@ -323,7 +345,7 @@ async def remove_from_group_room(caller: Caller) -> None:
     room_id = caller.room_id
     await _leave_current_room(caller, LeaveReason.REMOVED)
     if room_id is not None:
-        await delivery.deliver([caller.channel_name], encode_frame(Event.ROOM_LEFT, {"callRoomId": room_id}))
+        await delivery.deliver([caller.channel_name], Outgoing(Event.ROOM_LEFT, RoomLeft(callRoomId=room_id)))
 
 
 async def _leave_current_room(caller: Caller, reason: LeaveReason) -> None:
@@ -414,11 +436,13 @@ async def _depart(caller: Caller, departure: Departure, reason: LeaveReason) -> 
 
 
 async def _announce_departure(departure: Departure, reason: LeaveReason) -> None:
-    frame = encode_frame(
+    announcement = Outgoing(
         Event.PARTICIPANT_LEFT,
-        {"callRoomId": departure.session.room_id, "participant": departure.participant.wire(), "reason": reason.value},
+        ParticipantLeft(
+            callRoomId=departure.session.room_id, participant=participant_data(departure.participant), reason=reason
+        ),
     )
-    await delivery.deliver([m.channel_name for m in departure.remaining], frame)
+    await delivery.deliver([m.channel_name for m in departure.remaining], announcement)
 
 
 async def _charge_join(caller: Caller) -> None:
@@ -466,7 +490,7 @@ def _persist(write: Any, **kwargs: Any) -> None:
 async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
     target = request.targetSocketId
     event, data = _relayed(caller, request)
-    text = encode_frame(event, data)
+    relayed = Outgoing(event, data)
     local = _connections.get(target) if target is not None else None
     if local is not None and caller.room_id == request.callRoomId and local.room_key == caller.room_key:
         # Both ends are connections of this process, which applies every join and leave
@@ -475,11 +499,11 @@ async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
         channels: tuple[str, ...] = (local.channel_name,)
     else:
         # With Redis, presence publishes to other processes as it routes.
-        routed = await _route(caller, request, delivery.forward(text))
+        routed = await _route(caller, request, delivery.forward(relayed))
         if routed is None:
             return
         channels = routed
-    undelivered = await delivery.deliver(channels, text)
+    undelivered = await delivery.deliver(channels, relayed)
     if undelivered and target is not None:
         raise SignalingError(ErrorCode.INTERNAL_ERROR, RECIPIENT_BUSY)
     caller.counts.add(event)
@@ -509,26 +533,32 @@ async def _route(
     return route.channels
 
 
-def _relayed(caller: Caller, request: Offer | Answer | IceCandidate) -> tuple[Event, dict[str, Any]]:
-    """The frame the recipient gets: rebuilt from declared fields only, with the
-    sender's real identity (never the client's word for it)."""
-    data: dict[str, Any] = {
-        "callRoomId": request.callRoomId,
-        "fromSocketId": caller.socket_id,
-        "fromUserId": caller.user_id,
-    }
+def _relayed(
+    caller: Caller, request: Offer | Answer | IceCandidate
+) -> tuple[Event, RelayedOffer | RelayedAnswer | RelayedIceCandidate]:
+    """What the recipient gets: rebuilt from declared fields only, with the sender's
+    real identity (never the client's word for it)."""
     if isinstance(request, Offer):
-        data["offer"] = request.offer.wire()
-        event = Event.OFFER
-    elif isinstance(request, Answer):
-        data["answer"] = request.answer.wire()
-        return Event.ANSWER, data
-    else:
-        candidate = request.candidate
-        data["candidate"] = candidate if isinstance(candidate, str) else candidate.wire()
-        event = Event.ICE_CANDIDATE
-    if request.sdpMid is not UNSET:
-        data["sdpMid"] = request.sdpMid
-    if request.sdpMLineIndex is not UNSET:
-        data["sdpMLineIndex"] = request.sdpMLineIndex
-    return event, data
+        return Event.OFFER, RelayedOffer(
+            callRoomId=request.callRoomId,
+            fromSocketId=caller.socket_id,
+            fromUserId=caller.user_id,
+            offer=request.offer,
+            sdpMid=request.sdpMid,
+            sdpMLineIndex=request.sdpMLineIndex,
+        )
+    if isinstance(request, Answer):
+        return Event.ANSWER, RelayedAnswer(
+            callRoomId=request.callRoomId,
+            fromSocketId=caller.socket_id,
+            fromUserId=caller.user_id,
+            answer=request.answer,
+        )
+    return Event.ICE_CANDIDATE, RelayedIceCandidate(
+        callRoomId=request.callRoomId,
+        fromSocketId=caller.socket_id,
+        fromUserId=caller.user_id,
+        candidate=request.candidate,
+        sdpMid=request.sdpMid,
+        sdpMLineIndex=request.sdpMLineIndex,
+    )

@@ -114,14 +114,16 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """A frame that a store able to publish (Redis) sends, while routing, to members
-    served by other processes: ``{"type": message_type, "to": [socketIds], "text": text}``,
-    once to each such process's ``<inbox>`` (a member's channel is ``<inbox>#<socketId>``,
-    see ``calls.delivery``). Members whose inbox is ``inbox`` are left to the caller."""
+    """An event that a store able to publish (Redis) sends, while routing, to members
+    served by other processes: ``{"type": message_type, "to": [socketIds], "event":
+    event, "data": data}`` (``data`` the event's data as JSON), once to each such
+    process's ``<inbox>`` (a member's channel is ``<inbox>#<socketId>``, see
+    ``calls.delivery``). Members whose inbox is ``inbox`` are left to the caller."""
 
     inbox: str
     message_type: str
-    text: str
+    event: str
+    data: bytes
 
 
 class PresenceUnavailable(Exception):

@@ -6,6 +6,7 @@ import asyncio
 import json
 from typing import Any
 
+import msgspec
 import pytest
 
 from accounts.models import User
@@ -13,7 +14,17 @@ from calls import services
 from calls.delivery import Mailbox
 from calls.history import RelayCounts
 from calls.presence import get_presence
-from calls.protocol import ErrorCode, Event, LeaveReason, Request, SignalingError, parse_frame
+from calls.protocol import (
+    NATIVE,
+    ErrorCode,
+    Event,
+    LeaveReason,
+    Outgoing,
+    Request,
+    RoomLeft,
+    SignalingError,
+    parse_frame,
+)
 from groups.models import Group
 from tests.conftest import RECEIVE_TIMEOUT_SECS, SILENCE_SECS
 
@@ -45,8 +56,9 @@ def request(event: Event, **data: Any) -> Request:
 
 async def delivered(caller: services.Caller) -> dict[str, Any]:
     """The next frame the services addressed to ``caller``."""
-    text = await asyncio.wait_for(_mailboxes[caller.socket_id].get(), RECEIVE_TIMEOUT_SECS)
-    return json.loads(text)
+    event = await asyncio.wait_for(_mailboxes[caller.socket_id].get(), RECEIVE_TIMEOUT_SECS)
+    assert isinstance(event, Outgoing)
+    return json.loads(event.text(NATIVE))
 
 
 async def nothing_delivered(*callers: services.Caller) -> None:
@@ -78,8 +90,8 @@ def refusal(excinfo: pytest.ExceptionInfo[SignalingError]) -> tuple[ErrorCode, s
 async def test_room_join_creates_a_room_and_announces_later_joiners_to_the_others(alice: User, bob: User) -> None:
     first, second = await caller_for(alice), await caller_for(bob)
 
-    created = await services.room_join(first, request(Event.JOIN_ROOM, callRoomId="r"))
-    data = await services.room_join(second, request(Event.JOIN_ROOM, callRoomId="r"))
+    created = msgspec.to_builtins(await services.room_join(first, request(Event.JOIN_ROOM, callRoomId="r")))
+    data = msgspec.to_builtins(await services.room_join(second, request(Event.JOIN_ROOM, callRoomId="r")))
 
     assert created["participantCount"] == 1
     assert data["participantCount"] == 2
@@ -138,7 +150,7 @@ async def test_room_leave_answers_the_room_and_tells_the_others(alice: User, bob
     leaver, stayer = await caller_for(alice), await caller_for(bob)
     await joined("r", leaver, stayer)
 
-    assert await services.room_leave(leaver, request(Event.LEAVE_ROOM, callRoomId="r")) == {"callRoomId": "r"}
+    assert await services.room_leave(leaver, request(Event.LEAVE_ROOM, callRoomId="r")) == RoomLeft(callRoomId="r")
 
     frame = await delivered(stayer)
     assert (frame["event"], frame["data"]["reason"]) == (Event.PARTICIPANT_LEFT, LeaveReason.LEFT)
@@ -274,7 +286,7 @@ async def test_handle_request_replies_with_the_request_id_and_tags_errors(alice:
     with pytest.raises(SignalingError) as excinfo:
         await services.handle_request(caller, leave)
 
-    assert json.loads(reply or "")["id"] == 7
+    assert reply is not None and json.loads(reply.text(NATIVE))["id"] == 7
     assert (excinfo.value.code, excinfo.value.event, excinfo.value.request_id) == (
         ErrorCode.NOT_IN_ROOM,
         "webrtc:leave-room",
