@@ -1,3 +1,6 @@
+# This module replaces methods of typed libraries and keeps state on their objects, which
+# is what it is for: mypy's checks of exactly that are off here, and only here.
+# mypy: disable-error-code="method-assign,attr-defined,union-attr,assignment"
 """Adjustments to daphne and the Twisted/autobahn stack under it, made only when daphne
 is the server: each for a rule of the contract, for flow control, or for a measured cost."""
 
@@ -132,7 +135,7 @@ def _defer_autobahn_debug_formatting() -> None:
     profile of 1,500 connects. Format it only when the line is written."""
     from autobahn.websocket import protocol
 
-    protocol.pformat = _LazyPformat  # type: ignore[assignment]
+    protocol.pformat = _LazyPformat
 
 
 # Frames queued for one connection's consumer before daphne stops reading its socket. A

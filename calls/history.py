@@ -196,7 +196,9 @@ def _session_row(session: RoomSession) -> CallRoom:
     # this session's own: on PostgreSQL, another process's first joiner may have
     # committed it since the read above (SQLite's write lock left no such gap).
     group_id = int(session.group_id) if session.group_id else None
-    leftovers = CallRoom.objects.filter(room_id=session.room_id, group_id=group_id, ended_at__isnull=True)
+    leftovers = CallRoom.objects.filter(room_id=session.room_id, group__isnull=group_id is None, ended_at__isnull=True)
+    if group_id is not None:
+        leftovers = leftovers.filter(group_id=group_id)
     _close_sessions(leftovers.exclude(session_id=session.session_id))
     metadata = session.metadata
     call, _ = CallRoom.objects.get_or_create(

@@ -8,7 +8,8 @@ import re
 import warnings
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import SplitResult, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -76,6 +77,7 @@ _cors_source = "CORS_ALLOWED_ORIGINS" if env_str("CORS_ALLOWED_ORIGINS") is not 
 CORS_ALLOWED_ORIGINS: list[str] = []
 CORS_ALLOWED_ORIGIN_REGEXES: list[str] = [r"^http://(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$"] if DEBUG else []
 for _origin in env_list("CORS_ALLOWED_ORIGINS", CSRF_TRUSTED_ORIGINS):
+    _parts: SplitResult | None
     try:
         _parts = urlsplit(_origin.lower())
         _parts.port  # noqa: B018 - raises ValueError for a port that is not a number
@@ -183,7 +185,7 @@ _REDIS_LAYERS = {
 if REDIS_CHANNEL_LAYER not in _REDIS_LAYERS:
     raise ImproperlyConfigured(f"REDIS_CHANNEL_LAYER={REDIS_CHANNEL_LAYER!r}: use one of {', '.join(_REDIS_LAYERS)}.")
 if REDIS_URL:
-    CHANNEL_LAYERS = {
+    CHANNEL_LAYERS: dict[str, dict[str, Any]] = {
         "default": {
             "BACKEND": _REDIS_LAYERS[REDIS_CHANNEL_LAYER],
             "CONFIG": {

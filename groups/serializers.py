@@ -25,4 +25,4 @@ class GroupDetailSerializer(GroupSerializer):
     members = MemberSerializer(source="memberships", many=True, read_only=True)
 
     class Meta(GroupSerializer.Meta):
-        fields = ("id", "name", "members")
+        fields = ("id", "name", "members")  # type: ignore[assignment]

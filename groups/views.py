@@ -11,14 +11,20 @@ class GroupListView(APIView):
     """The caller's groups."""
 
     def get(self, request: Request) -> Response:
-        return Response(GroupSerializer(groups_of_user(user_id=request.user.pk), many=True).data)
+        return Response(GroupSerializer(groups_of_user(user_id=_user_id(request)), many=True).data)
 
 
 class GroupDetailView(APIView):
     """One of the caller's groups with its members; 404 for anyone else."""
 
     def get(self, request: Request, group_id: int) -> Response:
-        group = group_for_member(user_id=request.user.pk, group_id=group_id)
+        group = group_for_member(user_id=_user_id(request), group_id=group_id)
         if group is None:
             raise Http404
         return Response(GroupDetailSerializer(group).data)
+
+
+def _user_id(request: Request) -> int:
+    """The authenticated caller's primary key (the views require authentication)."""
+    assert request.user.pk is not None
+    return int(request.user.pk)
