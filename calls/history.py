@@ -66,6 +66,19 @@ class HistoryWriter:
 Batch = list[tuple[Callable[..., Any], dict[str, Any]]]
 
 
+def _described(write: Callable[..., Any], kwargs: dict[str, Any]) -> str:
+    """What a write would have recorded, for the log line that says it was lost."""
+    parts = [write.__name__]
+    session, participant = kwargs.get("session"), kwargs.get("participant")
+    if "departure" in kwargs:
+        session, participant = kwargs["departure"].session, kwargs["departure"].participant
+    if session is not None:
+        parts.append(f"room={session.room_id} session={session.session_id}")
+    if participant is not None:
+        parts.append(f"socketId={participant.socket_id} userId={participant.user_id}")
+    return " ".join(parts)
+
+
 def _apply(batch: Batch) -> None:
     """Write ``batch``; whatever fails is logged, and the writer goes on."""
     try:
@@ -76,16 +89,18 @@ def _apply(batch: Batch) -> None:
         # a user deleted while their join was queued). Again, one transaction per write,
         # so that the failure loses only its own write.
         if len(batch) == 1:
-            logger.exception("could not record call history (%s)", batch[0][0].__name__)
+            logger.exception("could not record call history: lost %s", _described(*batch[0]))
             return
         logger.warning("a batch of %d call history writes failed at COMMIT: writing them one by one", len(batch))
         for write, kwargs in batch:
             try:
                 _apply_in_one_transaction([(write, kwargs)])
             except DatabaseError:
-                logger.exception("could not record call history (%s)", write.__name__)
+                logger.exception("could not record call history: lost %s", _described(write, kwargs))
     except DatabaseError:  # the database is unreachable, say
-        logger.exception("could not record %d call history writes", len(batch))
+        logger.exception(
+            "could not record %d call history writes: lost %s", len(batch), "; ".join(_described(*w) for w in batch)
+        )
 
 
 @transaction.atomic
@@ -104,7 +119,7 @@ def _apply_in_one_transaction(batch: Batch) -> None:
                 write(**kwargs)
         except Exception:
             # Signaling goes on: a call must not break because its record was not kept.
-            logger.exception("could not record call history (%s)", write.__name__)
+            logger.exception("could not record call history: lost %s", _described(write, kwargs))
 
 
 _writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HistoryWriter] = weakref.WeakKeyDictionary()
