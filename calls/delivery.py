@@ -28,7 +28,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
-from calls import metrics
+from calls import metrics, process
 from calls.layers import DispatchingRedisPubSubChannelLayer
 from calls.presence.base import Forward
 from calls.protocol import Outgoing
@@ -88,21 +88,14 @@ class Mailbox:
         return item
 
 
-_mailboxes: dict[str, Mailbox] = {}
-_inbox: str | None = None  # this process's inbox channel, once a connection needed it
-_inboxes: dict[asyncio.AbstractEventLoop, asyncio.Future[str]] = {}  # one per event loop (tests run several)
-_inbox_readers: set[asyncio.Task] = set()
-_forwardable = False  # whether presence may publish to inboxes itself (see forward)
-
-
 async def open_mailbox(socket_id: str, mailbox: Mailbox) -> str:
     """Register a connection's mailbox; returns its address."""
-    _mailboxes[socket_id] = mailbox
+    process.current().mailboxes[socket_id] = mailbox
     return f"{await _inbox_name()}#{socket_id}"
 
 
 def close_mailbox(socket_id: str) -> None:
-    _mailboxes.pop(socket_id, None)
+    process.current().mailboxes.pop(socket_id, None)
 
 
 async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
@@ -132,9 +125,10 @@ def forward(event: Outgoing) -> Forward | None:
     """What lets presence publish ``event`` to other processes' inboxes while it routes,
     saving a round trip to Redis: possible when the channel layer is channels_redis's
     pub/sub layer without encryption, whose messages are plain msgpack."""
-    if not _forwardable or _inbox is None:
+    state = process.current()
+    if not state.forwardable or state.inbox is None:
         return None
-    return Forward(_inbox, _DELIVER, event.event, event.encoded_data())
+    return Forward(state.inbox, _DELIVER, event.event, event.encoded_data())
 
 
 async def close(addresses: Iterable[str], code: int) -> None:
@@ -150,13 +144,14 @@ async def close(addresses: Iterable[str], code: int) -> None:
 def _sorted(addresses: Iterable[str]) -> tuple[list[tuple[str, Mailbox]], dict[str, list[str]]]:
     """The open mailboxes of this process's addresses, and the others' socketIds by
     inbox. An address of this process without a mailbox has just closed: skipped."""
+    state = process.current()
     here: list[tuple[str, Mailbox]] = []
     remote: dict[str, list[str]] = {}
     for address in addresses:
         inbox, _, socket_id = address.rpartition("#")
-        if inbox != _inbox:
+        if inbox != state.inbox:
             remote.setdefault(inbox, []).append(socket_id)
-        elif (mailbox := _mailboxes.get(socket_id)) is not None:
+        elif (mailbox := state.mailboxes.get(socket_id)) is not None:
             here.append((socket_id, mailbox))
     return here, remote
 
@@ -164,11 +159,9 @@ def _sorted(addresses: Iterable[str]) -> tuple[list[tuple[str, Mailbox]], dict[s
 async def _inbox_name() -> str:
     """This process's inbox; created, with the task that reads it, at first use on a
     channel layer shared between processes."""
-    global _inbox, _forwardable
-    loop = asyncio.get_running_loop()
-    inbox = _inboxes.get(loop)
-    if inbox is None:
-        inbox = _inboxes[loop] = loop.create_future()
+    state = process.current()
+    if state.inbox_name is None:
+        state.inbox_name = future = asyncio.get_running_loop().create_future()
         try:
             layer = get_channel_layer()
             if layer is None or isinstance(layer, InMemoryChannelLayer):
@@ -178,19 +171,18 @@ async def _inbox_name() -> str:
                 if isinstance(layer, DispatchingRedisPubSubChannelLayer):
                     layer.attach(name, _take)
                 else:
-                    reader = loop.create_task(_read_inbox(layer, name))
-                    _inbox_readers.add(reader)  # keep a reference: the loop holds tasks weakly
+                    state.spawn(_read_inbox(layer, name))
                 config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
-                _forwardable = isinstance(layer, RedisPubSubChannelLayer) and not config.get(
+                state.forwardable = isinstance(layer, RedisPubSubChannelLayer) and not config.get(
                     "symmetric_encryption_keys"
                 )
         except BaseException as exc:
-            del _inboxes[loop]
-            inbox.set_exception(exc)
+            state.inbox_name = None
+            future.set_exception(exc)
             raise
-        inbox.set_result(name)
-    _inbox = await inbox
-    return _inbox
+        future.set_result(name)
+    state.inbox = await state.inbox_name
+    return state.inbox
 
 
 async def _read_inbox(layer: Any, inbox: str) -> None:
@@ -211,8 +203,9 @@ def _take(message: dict[str, Any]) -> None:
     """Put what another process sent into this process's mailboxes: one event for all
     its recipients here, its data kept as the JSON it came as."""
     event = None if message["type"] == _CLOSE else Outgoing(message["event"], None, encoded=message["data"])
+    mailboxes = process.current().mailboxes
     for socket_id in message["to"]:
-        mailbox = _mailboxes.get(socket_id)
+        mailbox = mailboxes.get(socket_id)
         if mailbox is None:
             continue
         if event is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
@@ -122,15 +121,11 @@ def _apply_in_one_transaction(batch: Batch) -> None:
             logger.exception("could not record call history: lost %s", _described(write, kwargs))
 
 
-_writers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, HistoryWriter] = weakref.WeakKeyDictionary()
-
-
 def writer() -> HistoryWriter:
-    """The writer of the running event loop (one per process in a server)."""
-    loop = asyncio.get_running_loop()
-    if loop not in _writers:
-        _writers[loop] = HistoryWriter()
-    return _writers[loop]
+    """This process's writer (``calls.process``)."""
+    from calls import process
+
+    return process.current().writer
 
 
 @dataclass(slots=True)

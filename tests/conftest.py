@@ -16,9 +16,9 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import User
 from accounts.throttle import reset_throttle
-from calls.presence import reset_presence
-from calls.services import reset_join_windows
+from calls import process
 from groups.models import Group, Membership
+from tests.frame_schema import check_frame
 from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 from tests.servers import ServerDatabase
@@ -30,12 +30,12 @@ SILENCE_SECS = 0.2  # how long "nothing arrives" is watched for
 
 @pytest.fixture(autouse=True)
 def fresh_signaling_state() -> None:
-    """Each test starts with empty rooms and a fresh channel layer."""
+    """Each test starts with a fresh process state (no connections, empty rooms) and a
+    fresh channel layer."""
     import config.asgi
 
-    reset_presence()
+    process.reset()
     reset_throttle()
-    reset_join_windows()
     channel_layers.backends.clear()
     config.asgi.application.started = True  # start-up cleanup has its own test
     config.asgi.application.handle_signals = False  # pytest keeps its own SIGTERM
@@ -132,7 +132,10 @@ class Client:
         await self.communicator.send_input({"type": "websocket.receive", "text": text})
 
     async def receive(self, timeout: float = RECEIVE_TIMEOUT_SECS) -> dict[str, Any]:
-        return json.loads(await self.communicator.receive_from(timeout=timeout))
+        """The next frame, which must match its event's schema in the AsyncAPI document."""
+        frame: dict[str, Any] = json.loads(await self.communicator.receive_from(timeout=timeout))
+        check_frame(frame)
+        return frame
 
     async def expect(self, event: str, timeout: float = RECEIVE_TIMEOUT_SECS) -> dict[str, Any]:
         """The next frame, which must be ``event``; returns the whole frame."""

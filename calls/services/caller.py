@@ -1,0 +1,58 @@
+"""What the rules know of one connection, whatever its transport."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from calls.history import RelayCounts
+from calls.presence.base import Participant
+from calls.protocol import ParticipantData, utc_now_iso
+
+
+def new_socket_id() -> str:
+    """An opaque, unguessable connection id (128 random bits)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass(slots=True)
+class Caller:
+    """What the rules need to know of one connection, whatever its transport."""
+
+    socket_id: str
+    channel_name: str  # its address in calls.delivery
+    user_id: str
+    username: str
+    display_name: str
+    counts: RelayCounts = field(default_factory=RelayCounts)
+    # The room this connection is in (its callRoomId, and its presence key, which adds
+    # the group): set and cleared by this process as presence answers its joins and
+    # leaves, so exact for its own connections.
+    room_id: str | None = None
+    room_key: str | None = None
+    group_id: str | None = None
+    # When the credential the connection presented expires (a Unix time), if ever: the
+    # credentials sweep (calls/credentials.py) closes it then, unless refreshed.
+    auth_expires_at: float | None = None
+
+    def participant(self) -> Participant:
+        return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())
+
+    def log_context(self) -> str:
+        return f"socketId={self.socket_id} userId={self.user_id}"
+
+    def named_room(self, room_id: str) -> str:
+        """The key of the room a request's ``callRoomId`` names: the caller's own room
+        when the id is its room's, else the ungrouped room of that id (which the caller
+        is then not in: requests name the sender's own room, docs/protocol.md §5 rule 1)."""
+        return self.room_key if self.room_id == room_id and self.room_key else room_id
+
+
+def participant_data(participant: Participant) -> ParticipantData:
+    return ParticipantData(
+        socketId=participant.socket_id,
+        userId=participant.user_id,
+        username=participant.username,
+        displayName=participant.display_name,
+        joinedAt=participant.joined_at,
+    )

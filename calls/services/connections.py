@@ -1,0 +1,183 @@
+"""Connections: opened, authenticated again, closed, lost with their process, and all
+closed at shutdown (docs/protocol.md §2 and §5 rule 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from django.conf import settings
+
+from accounts.websocket import in_auth_thread, user_and_expiry_from_token
+from calls import delivery, metrics, process
+from calls.history import RelayCounts, record_leave
+from calls.presence.base import Departure, PresenceUnavailable
+from calls.protocol import (
+    CloseCode,
+    Connected,
+    ErrorCode,
+    Event,
+    LeaveReason,
+    Outgoing,
+    RefreshAuth,
+    RoomLeft,
+    SignalingError,
+    iso_utc,
+)
+from calls.services.caller import Caller, new_socket_id
+from calls.services.rooms import announce_departure, leave_current_room, persist
+
+logger = logging.getLogger("calls")
+
+CLOSED_LEAVE_RETRY_SECS = 1.0  # how often a leave that failed for a presence outage is retried
+
+
+CLOSED_LEAVE_RETRY_LIMIT = 3600  # …and for how many attempts at most
+REFRESH_REFUSED = "That token is not a valid access token of this connection's user."
+
+metrics.CONNECTIONS.set_function(lambda: len(process.current().connections))
+metrics.PARTICIPANTS.set_function(lambda: sum(1 for c in process.current().connections.values() if c.room_id))
+metrics.ROOMS.set_function(lambda: len({c.room_key for c in process.current().connections.values() if c.room_key}))
+
+
+async def connection_opened(
+    mailbox: delivery.Mailbox,
+    *,
+    user_id: str,
+    username: str,
+    display_name: str,
+    auth_expires_at: float | None = None,
+) -> Caller | None:
+    """A transport accepted an authenticated connection; it reads ``mailbox`` for what
+    the rules address to it (frames, and close codes). ``None`` if the user already
+    holds ``CALLS_MAX_CONNECTIONS_PER_USER`` connections on all processes (close 4409)."""
+    socket_id = new_socket_id()
+    channel_name = await delivery.open_mailbox(socket_id, mailbox)
+    try:
+        counted = await process.current().presence.open_connection(
+            user_id=user_id,
+            socket_id=socket_id,
+            channel_name=channel_name,
+            limit=settings.CALLS_MAX_CONNECTIONS_PER_USER,
+        )
+    except PresenceUnavailable as exc:  # joins fail until it is back; the connection may wait for it
+        logger.warning("connection not counted, presence unavailable: %s", exc)
+        counted = True
+    if not counted:
+        delivery.close_mailbox(socket_id)
+        return None
+    caller = Caller(socket_id, channel_name, user_id, username, display_name, auth_expires_at=auth_expires_at)
+    process.current().connections[socket_id] = caller
+    return caller
+
+
+def connected_event(caller: Caller) -> Outgoing:
+    """``webrtc:connected`` (docs/protocol.md §2)."""
+    expires = caller.auth_expires_at
+    return Outgoing(
+        Event.CONNECTED,
+        Connected(
+            socketId=caller.socket_id,
+            userId=caller.user_id,
+            authExpiresAt=iso_utc(expires) if expires is not None else None,
+        ),
+    )
+
+
+def open_connections() -> list[Caller]:
+    return list(process.current().connections.values())
+
+
+async def refresh_auth(caller: Caller, request: RefreshAuth) -> None:
+    """A fresh access token of the same user extends the connection's authentication
+    (docs/protocol.md §2); anything else is ``forbidden`` and changes nothing."""
+    user, expires_at = await in_auth_thread(user_and_expiry_from_token)(request.token)
+    if user is None or str(user.pk) != caller.user_id:
+        raise SignalingError(ErrorCode.FORBIDDEN, REFRESH_REFUSED)
+    caller.auth_expires_at = expires_at
+
+
+async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
+    """Rule 4: a closed connection leaves its room. If presence is unreachable, the
+    leave is retried in the background until it is, so that no ghost stays behind."""
+    delivery.close_mailbox(caller.socket_id)
+    if (
+        (state := process.current()).connections.pop(caller.socket_id, None) is not None
+        and not state.connections
+        and state.all_closed is not None
+    ):
+        state.all_closed.set()
+    try:
+        await _release(caller, reason)
+    except PresenceUnavailable as exc:
+        logger.warning("leave deferred, presence unavailable: %s %s", exc, caller.log_context())
+        process.current().spawn(_retry_release(caller, reason))
+
+
+async def _release(caller: Caller, reason: LeaveReason) -> None:
+    """What presence holds for a closed connection: its place in a room, and its count."""
+    await leave_current_room(caller, reason)
+    await process.current().presence.close_connection(user_id=caller.user_id, socket_id=caller.socket_id)
+
+
+async def remove_from_group_room(caller: Caller) -> None:
+    """The caller's user is no longer a member of its room's group: it leaves the room
+    (the others are told ``removed``) and is told ``room-left``."""
+    room_id = caller.room_id
+    await leave_current_room(caller, LeaveReason.REMOVED)
+    if room_id is not None:
+        await delivery.deliver([caller.channel_name], Outgoing(Event.ROOM_LEFT, RoomLeft(callRoomId=room_id)))
+
+
+async def _retry_release(caller: Caller, reason: LeaveReason) -> None:
+    for _ in range(CLOSED_LEAVE_RETRY_LIMIT):
+        await asyncio.sleep(CLOSED_LEAVE_RETRY_SECS)
+        try:
+            await _release(caller, reason)
+            return
+        except PresenceUnavailable:
+            continue
+    logger.error("gave up leaving after a presence outage %s", caller.log_context())
+
+
+async def participant_lost(departure: Departure) -> None:
+    """Rule 4, last clause: a participant whose server process died leaves as ``lost``."""
+    metrics.LOST.inc()
+    persist(record_leave, departure=departure, reason=LeaveReason.LOST, counts=RelayCounts())
+    # The record is written when the writer gets to it: the liveness beat that reaps
+    # must never wait for the database (a backlog there once delayed it past the TTL,
+    # and live processes then declared each other dead).
+    await announce_departure(departure, LeaveReason.LOST)
+    logger.info(
+        "lost room=%s socketId=%s userId=%s remaining=%d",
+        departure.session.room_id,
+        departure.participant.socket_id,
+        departure.participant.user_id,
+        len(departure.remaining),
+    )
+
+
+async def shut_down_connections(timeout_secs: float) -> None:
+    """Graceful shutdown, within ``timeout_secs``: every connection of this process is
+    closed with 1001 first (nothing slow comes before it), then leaves its room (the
+    others are told ``disconnected``), and the history writes are drained last."""
+    state = process.current()
+    state.all_closed = asyncio.Event()
+    callers = open_connections()
+    logger.info("shutting down %d connections", len(callers))
+    await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
+    try:
+        async with asyncio.timeout(timeout_secs):
+            try:
+                await asyncio.gather(*(_release(caller, LeaveReason.DISCONNECTED) for caller in callers))
+            except PresenceUnavailable as exc:
+                logger.warning("shutdown without leaving rooms, presence unavailable: %s", exc)
+            if state.connections:
+                await state.all_closed.wait()
+            await process.current().writer.drained()
+    except TimeoutError:
+        logger.warning(
+            "shutdown timed out with %d connections open and %d history writes waiting",
+            len(state.connections),
+            process.current().writer.pending(),
+        )

@@ -1,0 +1,181 @@
+"""Rooms: join, switch, leave (docs/protocol.md §5 rules 1 to 3), and what a departure
+tells the room and records."""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from typing import Any
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+
+from calls import delivery, history, process
+from calls.ice import ice_servers_for
+from calls.presence.base import Departure, JoinOutcome, JoinStatus, Member, RoomSession
+from calls.protocol import (
+    ErrorCode,
+    Event,
+    JoinRoom,
+    LeaveReason,
+    LeaveRoom,
+    Outgoing,
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomJoined,
+    RoomLeft,
+    SignalingError,
+)
+from calls.services.caller import Caller, participant_data
+from groups.selectors import group_ids_of_user
+
+logger = logging.getLogger("calls")
+
+FORBIDDEN_GROUP = "You are not a member of the group this call belongs to."
+
+
+ROOM_FULL = "This call is full."
+
+
+NOT_IN_ROOM = "You are not in that call."
+
+
+JOINS_RATE_LIMITED = "Too many joins; wait a moment before joining again."
+
+
+HISTORY_BUSY = "The server is busy recording calls; try joining again in a moment."
+
+
+async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
+    """Rules 1 and 2: create or join a room, leaving the current one first."""
+    await _charge_join(caller)
+    requested_group = (request.metadata or {}).get("groupId")
+    me = caller.participant()
+    metadata = dict(request.metadata or {})
+    # The server's keys win over the creator's keys of the same name (PROTOCOL.md §4).
+    metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
+    proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
+
+    async def join(group_ids: frozenset[str]) -> JoinOutcome:
+        return await process.current().presence.join(
+            new_session=proposal,
+            member=Member(me, caller.channel_name),
+            capacity=settings.CALLS_MAX_PARTICIPANTS,
+            group_ids=group_ids,
+        )
+
+    # The group names the room (rule 1), so only a join that names one needs the
+    # joiner's groups: a thread hop and a query.
+    if requested_group is None:
+        outcome = await join(frozenset())
+    else:
+        outcome = await join(await database_sync_to_async(group_ids_of_user)(user_id=int(caller.user_id)))
+    if outcome.status is JoinStatus.FORBIDDEN:
+        raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
+    if outcome.status is JoinStatus.FULL:
+        raise SignalingError(
+            ErrorCode.ROOM_FULL, ROOM_FULL, details={"maxParticipants": settings.CALLS_MAX_PARTICIPANTS}
+        )
+    assert outcome.session is not None
+    me = next(m.participant for m in outcome.members if m.participant.socket_id == caller.socket_id)
+    others = outcome.others(caller.socket_id)
+
+    if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
+        caller.room_id, caller.room_key, caller.group_id = request.callRoomId, outcome.session.key, requested_group
+        previous_counts = caller.counts.reset()
+        persist(
+            history.record_join,
+            session=outcome.session,
+            participant=me,
+            member_count=len(outcome.members),
+            previous=outcome.previous,
+            previous_counts=previous_counts,
+        )
+        if outcome.previous is not None:
+            await announce_departure(outcome.previous, LeaveReason.SWITCHED_ROOM)
+        announcement = Outgoing(
+            Event.PARTICIPANT_JOINED, ParticipantJoined(callRoomId=request.callRoomId, participant=participant_data(me))
+        )
+        await delivery.deliver([m.channel_name for m in others], announcement)
+        logger.info(
+            "join room=%s %s count=%d created=%s",
+            request.callRoomId,
+            caller.log_context(),
+            len(outcome.members),
+            outcome.status is JoinStatus.CREATED,
+        )
+
+    return RoomJoined(
+        callRoomId=request.callRoomId,
+        participantCount=len(outcome.members),
+        existingParticipants=[participant_data(m.participant) for m in others],
+        participant=participant_data(me),
+        metadata=outcome.session.metadata,
+        iceServers=ice_servers_for(user_id=caller.user_id),
+    )
+
+
+async def room_leave(caller: Caller, request: LeaveRoom) -> RoomLeft:
+    """Rule 3: leave on request; the last one out ends the session."""
+    departure = await process.current().presence.leave(
+        room_key=caller.named_room(request.callRoomId), socket_id=caller.socket_id
+    )
+    if departure is None:
+        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    await depart(caller, departure, LeaveReason.LEFT)
+    return RoomLeft(callRoomId=request.callRoomId)
+
+
+async def leave_current_room(caller: Caller, reason: LeaveReason) -> None:
+    presence = process.current().presence
+    key = await presence.room_of(socket_id=caller.socket_id)
+    if key is None:
+        return
+    departure = await presence.leave(room_key=key, socket_id=caller.socket_id)
+    if departure is not None:
+        await depart(caller, departure, reason)
+
+
+async def depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
+    caller.room_id = caller.room_key = caller.group_id = None
+    persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
+    await announce_departure(departure, reason)
+    logger.info(
+        "%s room=%s %s remaining=%d",
+        "leave" if reason is LeaveReason.LEFT else reason.value,
+        departure.session.room_id,
+        caller.log_context(),
+        len(departure.remaining),
+    )
+
+
+async def announce_departure(departure: Departure, reason: LeaveReason) -> None:
+    announcement = Outgoing(
+        Event.PARTICIPANT_LEFT,
+        ParticipantLeft(
+            callRoomId=departure.session.room_id, participant=participant_data(departure.participant), reason=reason
+        ),
+    )
+    await delivery.deliver([m.channel_name for m in departure.remaining], announcement)
+
+
+async def _charge_join(caller: Caller) -> None:
+    """Rule 1's ``CALLS_JOINS_PER_MINUTE`` per user, on all processes, and rule 9: a join
+    writes history, so the user who joins pays for it, and nobody joins while the
+    process's history queue is full (leaves are still recorded: each follows a join)."""
+    if process.current().writer.full():
+        raise SignalingError(ErrorCode.RATE_LIMITED, HISTORY_BUSY)
+    try:
+        verdict = await process.current().join_windows.ahit(caller.user_id, settings.CALLS_JOINS_PER_MINUTE)
+    except Exception as exc:  # the store is unreachable: presence will say so too
+        logger.warning("join rate store unavailable: %s", exc)
+        return
+    if not verdict.allowed:
+        retry_after = max(1, math.ceil(verdict.retry_after))
+        raise SignalingError(ErrorCode.RATE_LIMITED, JOINS_RATE_LIMITED, details={"retryAfter": retry_after})
+
+
+def persist(write: Any, **kwargs: Any) -> None:
+    """Queue a call-history write; the process's writer applies it off the event loop."""
+    process.current().writer.submit(write, **kwargs)
