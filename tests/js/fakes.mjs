@@ -1,9 +1,27 @@
 /**
  * Fakes for the signaling.js tests: a WebSocket driven by hand, an in-memory signaling
- * server that follows PROTOCOL.md's join/leave/relay rules (and answers the origin check
- * through its `fetch`), a fetch driven by hand, and an RTCPeerConnection with the real
- * signaling-state machine and operations chain (no media).
+ * server that follows docs/protocol.md's authentication, join/leave/relay and reply rules
+ * (and answers the ticket endpoint and the origin check through its `fetch`), a fetch
+ * driven by hand, and an RTCPeerConnection with the real signaling-state machine and
+ * operations chain (no media).
  */
+
+/** A JWT-shaped token (unsigned) whose payload is `claims`, e.g. `{user: 'alice', exp}` (seconds). */
+export function fakeJwt(claims) {
+  const part = (value) => Buffer.from(JSON.stringify(value)).toString('base64url');
+  return `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}.signature`;
+}
+
+/** The claims of a {@link fakeJwt} token, or `null` for any other token. */
+function claimsOf(token) {
+  const parts = String(token).split('.');
+  if (parts.length !== 3) return null;
+  try {
+    return JSON.parse(Buffer.from(parts[1], 'base64url').toString());
+  } catch {
+    return null;
+  }
+}
 
 /** Let every pending macrotask (and the microtasks they start) run, a few rounds deep. */
 export async function settle(rounds = 40) {
@@ -41,6 +59,11 @@ export function manualWebSocket() {
       this.onmessage({ data: JSON.stringify(frame) });
     }
 
+    /** A text frame as written, e.g. JSON with keys an object literal cannot hold as data. */
+    receiveText(text) {
+      this.onmessage({ data: text });
+    }
+
     serverClose(code, reason = '') {
       this.readyState = 3;
       this.onclose({ code, reason });
@@ -50,12 +73,14 @@ export function manualWebSocket() {
 
 /**
  * A fetch whose answers the test picks: `answer` is the JSON body (status 200), or
- * `{status}` for an HTTP error, an Error to reject with, or `'hang'` to wait until aborted.
- * Every call is recorded in `fetch.calls` as `{url, init}`.
+ * `{status}` for an HTTP error, an Error to reject with, or `'hang'` to wait until aborted;
+ * or a function `(url, init) => answer` that picks one per call. Every call is recorded in
+ * `fetch.calls` as `{url, init}`.
  */
-export function fakeFetch(answer) {
+export function fakeFetch(answerOrPick) {
   const fetch = (url, init = {}) => {
     fetch.calls.push({ url: String(url), init });
+    const answer = typeof answerOrPick === 'function' ? answerOrPick(String(url), init) : answerOrPick;
     return new Promise((resolve, reject) => {
       if (answer === 'hang') {
         init.signal?.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
@@ -72,27 +97,58 @@ export function fakeFetch(answer) {
 }
 
 /**
- * An in-memory server. A token names the user (`"alice"`); socketIds are `"<user>-<n>"`.
- * Frames are delivered as macrotasks, like a network would. With `originAllowed = false`
- * it refuses every handshake as a browser shows a 403 (a close 1006 before open), and its
- * `fetch` answers the origin check (`/api/calls/origin-check/`) accordingly.
+ * An in-memory server. A token names the user: `"alice"`, or a {@link fakeJwt} with
+ * `{user, exp}`; an empty one, one in `revoked` or a JWT past its `exp` is invalid.
+ * `POST /api/auth/ws-ticket/` (through its `fetch`) trades a bearer token, or without one
+ * the session of `sessionUser`, for a single-use ticket; a websocket presents `?ticket=` or
+ * `?token=`, and one without a valid credential is closed with 4401 (one past
+ * `maxConnectionsPerUser` open connections of its user with 4409). `webrtc:connected` carries
+ * the credential's expiry (a JWT's `exp`) as `authExpiresAt`; `webrtc:refresh-auth` with a
+ * valid token of the same user extends it. Every request with an `id` gets one reply
+ * (`webrtc:ack` for relays and refresh-auth). socketIds are `"<user>-<n>"`. Frames are
+ * delivered as macrotasks, like a network would. With `originAllowed = false` it refuses
+ * every handshake as a browser shows a 403 (a close 1006 before open), and its `fetch`
+ * answers the origin check (`/api/calls/origin-check/`) accordingly.
  */
 export class FakeServer {
   rooms = new Map(); // roomId → [{participant, ws}]
   relayed = []; // every relayed frame: {event, from, to, data}
   iceServers = [{ urls: 'stun:stun.example.org' }];
   forbidden = new Map(); // roomId → user ids that may not join
+  joinRefusal = null; // {error, message}: the signaling-error every join gets
+  metadata = {}; // the metadata of room-joined (a JSON.parse result may hold any key)
   originAllowed = true;
   originChecks = []; // the URL of every origin check asked
+  revoked = new Set(); // tokens that are not valid
+  sessionUser = null; // the user of the session cookie, for a ticket request without a token
+  maxConnectionsPerUser = Infinity;
+  ticketRequests = []; // {authorization, credentials, csrf} of every ticket request
+  urls = []; // the URL of every websocket
+  refreshes = []; // {socketId, token, accepted} of every webrtc:refresh-auth
   #connections = 0;
+  #tickets = new Map(); // ticket → {user, expiresAt}
+  #open = new Set(); // open, authenticated websockets
 
-  /** The HTTP side: only the origin check exists. */
-  fetch = async (url) => {
+  /** The HTTP side: the ticket endpoint and the origin check. */
+  fetch = async (url, init = {}) => {
     const { pathname } = new URL(url);
     await new Promise((resolve) => setImmediate(resolve));
-    if (pathname !== '/api/calls/origin-check/') return { ok: false, status: 404, json: async () => ({}) };
+    const answer = (status, body) => ({ ok: status < 300, status, json: async () => body });
+    if (pathname === '/api/auth/ws-ticket/' && init.method === 'POST') {
+      const headers = init.headers ?? {};
+      const authorization = headers.Authorization ?? null;
+      this.ticketRequests.push({ authorization, credentials: init.credentials, csrf: headers['X-CSRFToken'] ?? null });
+      let credential;
+      if (authorization) credential = authorization.startsWith('Bearer ') ? this.#credential(authorization.slice(7)) : null;
+      else credential = init.credentials !== 'omit' && this.sessionUser ? { user: this.sessionUser, expiresAt: null } : null;
+      if (!credential) return answer(401, { detail: 'Authentication credentials were not provided.' });
+      const ticket = `ticket-${this.#tickets.size + 1}-${credential.user}`;
+      this.#tickets.set(ticket, credential);
+      return answer(200, { ticket, expiresIn: 30 });
+    }
+    if (pathname !== '/api/calls/origin-check/') return answer(404, {});
     this.originChecks.push(String(url));
-    return { ok: true, status: 200, json: async () => ({ allowed: this.originAllowed }) };
+    return answer(200, { allowed: this.originAllowed });
   };
 
   constructor() {
@@ -102,6 +158,7 @@ export class FakeServer {
 
       constructor(url) {
         this.url = new URL(url);
+        server.urls.push(this.url);
         setImmediate(() => server.#accept(this));
       }
 
@@ -117,6 +174,23 @@ export class FakeServer {
         setImmediate(() => this.onclose?.({ code, reason: '' }));
       }
     };
+  }
+
+  /** `{user, expiresAt}` of a valid access token (`expiresAt` in ms, or null), else `null`. */
+  #credential(token) {
+    if (!token || this.revoked.has(token)) return null;
+    const claims = claimsOf(token);
+    if (!claims) return { user: token, expiresAt: null };
+    if (typeof claims.user !== 'string') return null;
+    const expiresAt = typeof claims.exp === 'number' ? claims.exp * 1000 : null;
+    if (expiresAt !== null && expiresAt <= Date.now()) return null;
+    return { user: claims.user, expiresAt };
+  }
+
+  /** Close the connection of `socketId` from the server side with `code` (e.g. 4401). */
+  closeWith(socketId, code) {
+    const ws = [...this.#open].find((open) => open.socketId === socketId);
+    this.#close(ws, code);
   }
 
   /** Send `frame` to the client of `socketId` (in a room), as the server would. */
@@ -142,13 +216,38 @@ export class FakeServer {
       ws.onclose?.({ code: 1006, reason: '' });
       return;
     }
-    const user = ws.url.searchParams.get('token');
+    ws.readyState = 1;
+    ws.onopen?.({});
+    const ticket = ws.url.searchParams.get('ticket');
+    let credential = null;
+    if (ticket !== null) {
+      credential = this.#tickets.get(ticket) ?? null;
+      this.#tickets.delete(ticket); // single use
+    } else {
+      credential = this.#credential(ws.url.searchParams.get('token'));
+    }
+    if (!credential) {
+      this.#close(ws, 4401);
+      return;
+    }
+    const { user, expiresAt } = credential;
+    if ([...this.#open].filter((open) => open.user === user).length >= this.maxConnectionsPerUser) {
+      this.#close(ws, 4409);
+      return;
+    }
     this.#connections += 1;
     ws.user = user;
     ws.socketId = `${user}-${this.#connections}`;
-    ws.readyState = 1;
-    ws.onopen?.({});
-    this.#send(ws, { event: 'webrtc:connected', data: { socketId: ws.socketId, userId: user } });
+    this.#open.add(ws);
+    const authExpiresAt = expiresAt === null ? null : new Date(expiresAt).toISOString();
+    this.#send(ws, { event: 'webrtc:connected', data: { socketId: ws.socketId, userId: user, authExpiresAt } });
+  }
+
+  #close(ws, code) {
+    if (!ws || ws.readyState === 3) return;
+    ws.readyState = 3;
+    this.#gone(ws, 'disconnected');
+    setImmediate(() => ws.onclose?.({ code, reason: '' }));
   }
 
   #send(ws, frame) {
@@ -164,8 +263,21 @@ export class FakeServer {
   #handle(ws, { event, data, id }) {
     if (ws.readyState !== 1) return;
     const reply = (replyEvent, replyData) => this.#send(ws, { event: replyEvent, data: replyData, id });
+    const ack = () => id !== undefined && reply('webrtc:ack', { event });
+    if (event === 'webrtc:refresh-auth') {
+      const credential = this.#credential(data.token);
+      const accepted = credential?.user === ws.user;
+      this.refreshes.push({ socketId: ws.socketId, token: data.token, accepted });
+      if (accepted) ack();
+      else reply('webrtc:signaling-error', { error: 'forbidden', message: 'Not a valid token of this user.', event });
+      return;
+    }
     const room = this.rooms.get(data.callRoomId) ?? [];
     if (event === 'webrtc:join-room') {
+      if (this.joinRefusal) {
+        reply('webrtc:signaling-error', { ...this.joinRefusal, event });
+        return;
+      }
       if (this.forbidden.get(data.callRoomId)?.includes(ws.user)) {
         reply('webrtc:signaling-error', { error: 'forbidden', message: 'Not a member.', event });
         return;
@@ -179,7 +291,7 @@ export class FakeServer {
         participantCount: room.length + 1,
         existingParticipants: room.map((other) => other.participant),
         participant: me,
-        metadata: {},
+        metadata: this.metadata,
         iceServers: this.iceServers,
       });
       this.rooms.set(data.callRoomId, [...room, { participant: me, ws }]);
@@ -188,15 +300,20 @@ export class FakeServer {
       reply('webrtc:room-left', { callRoomId: data.callRoomId });
     } else {
       const target = room.find((other) => other.participant.socketId === data.targetSocketId);
-      if (!target) return;
+      if (!target) {
+        if (id !== undefined) reply('webrtc:signaling-error', { error: 'participant-not-found', message: 'Gone.', event });
+        return;
+      }
       const { targetSocketId, ...rest } = data;
       const relayed = { ...rest, fromSocketId: ws.socketId, fromUserId: ws.user };
       this.relayed.push({ event, from: ws.socketId, to: targetSocketId, data: relayed });
       this.#send(target.ws, { event, data: relayed });
+      ack();
     }
   }
 
   #gone(ws, reason) {
+    this.#open.delete(ws);
     for (const [roomId, room] of this.rooms) {
       const me = room.find((entry) => entry.ws === ws);
       if (!me) continue;

@@ -134,6 +134,15 @@ for (const [index, block] of blocks.entries()) {
       assert.deepEqual(problems, []);
     });
 
+    test('each page connects with a ticket from the ticket endpoint: no token in a websocket URL', () => {
+      assert.equal(server.urls.length, users.length);
+      for (const url of server.urls) assert.deepEqual([...url.searchParams.keys()], ['ticket']);
+      assert.deepEqual(
+        server.ticketRequests.map(({ authorization }) => authorization),
+        users.map((user) => `Bearer ${user}`),
+      );
+    });
+
     test('each newcomer offers to everyone already there, who answer', () => {
       const pairs = (event) =>
         server.relayed

@@ -2,10 +2,12 @@
  * The call page: sign in, pick a group or a room, join with camera and microphone.
  * Everything that touches signaling goes through signaling.js.
  */
-import { CallMesh, CLOSE_UNAUTHENTICATED, SignalingClient } from './signaling.js';
+import { CallMesh, CLOSE_UNAUTHENTICATED, jwtExpiresAt, SignalingClient } from './signaling.js';
 
 const TOKENS_KEY = 'calls.tokens';
-const REFRESH_MARGIN_SECS = 60; // refresh the access token when it has less than this left
+// Refresh the access token when it has less than this left: more than the signaling client's
+// own margin (60 s), so that the token its refresh asks for is always a new one.
+const REFRESH_MARGIN_SECS = 90;
 const CUSTOM_ROOM = 'custom';
 const GROUP_ROOM = /^group-([1-9][0-9]{0,17})$/;
 const VIDEO_CONSTRAINTS = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24 } };
@@ -19,7 +21,11 @@ const ERROR_TEXT = {
   unauthenticated: 'Your sign-in has expired; sign in again.',
   timeout: 'The server did not answer; check your connection and try again.',
   disconnected: 'The connection was lost; try again.',
+  'too-many-connections': 'You are connected to calls from too many tabs or devices; close one and try again.',
+  'origin-refused': "The call server does not accept connections from this page's address; ask its administrator.",
 };
+// The stops of the signaling client that end the call with a message (besides unauthenticated).
+const FINAL_ERRORS = new Set(['too-many-connections', 'origin-refused']);
 const STATE_TEXT = {
   new: 'connecting…',
   connecting: 'connecting…',
@@ -51,8 +57,14 @@ function show(view) {
   document.body.dataset.view = view;
 }
 
+/** `table[key]` when `table` has it as its own (a code from the server is never `constructor`). */
+function lookup(table, key) {
+  return typeof key === 'string' && Object.hasOwn(table, key) ? table[key] : undefined;
+}
+
 function errorText(error) {
-  return ERROR_TEXT[error?.code] ?? error?.message ?? 'Something went wrong; try again.';
+  const message = typeof error?.message === 'string' && error.message ? error.message : undefined;
+  return lookup(ERROR_TEXT, error?.code) ?? message ?? 'Something went wrong; try again.';
 }
 
 function mediaErrorText(error) {
@@ -82,14 +94,17 @@ async function api(path, { method = 'GET', body, auth = true } = {}) {
   return response.json();
 }
 
+/** Seconds until the JWT `jwt` expires; an unreadable one counts as expired. */
 function secondsLeft(jwt) {
-  const payload = jwt.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-  return JSON.parse(atob(payload)).exp - Date.now() / 1000;
+  const expiresAt = jwtExpiresAt(jwt);
+  return expiresAt === null ? 0 : (expiresAt - Date.now()) / 1000;
 }
 
+/** Keep `{access, refresh}` (named fields only: nothing else of the server's answer). */
 function saveTokens(tokens) {
-  app.tokens = tokens;
-  if (tokens) sessionStorage.setItem(TOKENS_KEY, JSON.stringify(tokens));
+  const valid = typeof tokens?.access === 'string' && typeof tokens?.refresh === 'string';
+  app.tokens = valid ? { access: tokens.access, refresh: tokens.refresh } : null;
+  if (app.tokens) sessionStorage.setItem(TOKENS_KEY, JSON.stringify(app.tokens));
   else sessionStorage.removeItem(TOKENS_KEY);
 }
 
@@ -102,7 +117,7 @@ async function accessToken() {
     body: { refresh: app.tokens.refresh },
     auth: false,
   });
-  saveTokens({ ...app.tokens, access });
+  saveTokens({ access, refresh: app.tokens.refresh });
   return access;
 }
 
@@ -189,7 +204,10 @@ async function joinCall() {
       notify(mediaErrorText(error));
       return;
     }
-    const client = new SignalingClient({ token: accessToken });
+    // A single-use ticket per connection (obtained with the access token): the access token
+    // itself never goes into the websocket URL. The client refreshes the connection's
+    // authentication with accessToken() before it expires.
+    const client = new SignalingClient({ token: accessToken, tickets: true });
     const mesh = new CallMesh(client, { roomId, localStream: app.localStream, metadata });
     Object.assign(app, { client, mesh });
     watch(client, mesh);
@@ -229,7 +247,17 @@ function watch(client, mesh) {
     $('call-status').textContent = '';
   });
   client.on('error', (error) => {
-    if (error.status === 401) signOut(ERROR_TEXT.unauthenticated); // the refresh token has expired too
+    if (app.client !== client) return;
+    if (error.status === 401) {
+      signOut(ERROR_TEXT.unauthenticated); // the refresh token has expired too
+    } else if (FINAL_ERRORS.has(error.code)) {
+      // The client has stopped for good: back to the lobby, saying why.
+      endCall();
+      show('lobby');
+      notify(errorText(error));
+    } else {
+      console.warn('signaling', error); // retried by the client (a ticket, a refresh)
+    }
   });
 }
 
@@ -286,7 +314,7 @@ function addTile(participant, { local = false } = {}) {
 
 function setTileState(tile, state) {
   tile.dataset.state = state;
-  tile.querySelector('.state').textContent = STATE_TEXT[state] ?? state;
+  tile.querySelector('.state').textContent = lookup(STATE_TEXT, state) ?? state;
 }
 
 // ---------------------------------------------------------------------------
@@ -314,10 +342,14 @@ new MutationObserver(() => {
   $('call-count').textContent = count ? `${count} in the call` : '';
 }).observe($('tiles'), { childList: true });
 
-const saved = sessionStorage.getItem(TOKENS_KEY);
-if (saved) {
-  app.tokens = JSON.parse(saved);
-  enterLobby();
-} else {
-  show('sign-in');
+function savedTokens() {
+  try {
+    return JSON.parse(sessionStorage.getItem(TOKENS_KEY) ?? 'null');
+  } catch {
+    return null;
+  }
 }
+
+saveTokens(savedTokens());
+if (app.tokens) enterLobby();
+else show('sign-in');

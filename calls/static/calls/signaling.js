@@ -1,39 +1,67 @@
 /**
- * Browser client of the call signaling server (PROTOCOL.md, version 1): no dependencies,
- * one ES module.
+ * Browser client of the call signaling server (docs/protocol.md, version 1.1): no
+ * dependencies, one ES module.
  *
  * - {@link SignalingClient} speaks the native websocket endpoint `/ws/calls/` with the
  *   same `emit(event, data)` / `on(event, handler)` shape as a Socket.IO client, adds
- *   `request()` for the events that get a reply, and reconnects by itself.
+ *   `request()` for the events that get a reply, connects with single-use tickets,
+ *   keeps its authentication fresh, and reconnects by itself.
  * - {@link CallMesh} runs a full-mesh call over it: one RTCPeerConnection per remote
  *   participant, negotiated with the "perfect negotiation" pattern.
+ *
+ * Server data is never merged into the client's own objects: frames are parsed without
+ * their `__proto__` keys, and whatever the client builds from them copies named fields only.
  *
  * @module signaling
  */
 
-/** Close code of an unauthenticated connection (PROTOCOL.md §8): never retried. */
+/** Close code of an unauthenticated connection (docs/protocol.md §8). */
 export const CLOSE_UNAUTHENTICATED = 4401;
+/** Close code of a connection beyond the user's limit (docs/protocol.md §8): never retried. */
+export const CLOSE_TOO_MANY_CONNECTIONS = 4409;
 /** Where the server tells whether it accepts this page's origin (`{"allowed": bool}`). */
 export const ORIGIN_CHECK_PATH = '/api/calls/origin-check/';
+/** Where a credential is traded for a single-use websocket ticket (`{"ticket", "expiresIn"}`). */
+export const TICKET_PATH = '/api/auth/ws-ticket/';
 
 const DEFAULT_BACKOFF = { initialMs: 500, maxMs: 15000, factor: 2 };
 const DEFAULT_REQUEST_TIMEOUT_MS = 10000;
 const ORIGIN_CHECK_TIMEOUT_MS = 5000;
+const TICKET_TIMEOUT_MS = 10000;
+/** Refresh the authentication this long before it expires (half its lifetime when shorter). */
+const REFRESH_MARGIN_MS = 60000;
+/** Never schedule a refresh sooner than this: a token about to expire cannot spin a loop. */
+const MIN_REFRESH_DELAY_MS = 5000;
+/** After a refresh whose token has no readable `exp`: refresh again this soon, at the latest. */
+const UNKNOWN_EXPIRY_REFRESH_MS = 60000;
+/** setTimeout's largest delay; a longer one would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 const WS_OPEN = 1;
+/** The code that what waits is rejected with when a close stops the client. */
+const STOP_CODES = new Map([
+  [CLOSE_UNAUTHENTICATED, 'unauthenticated'],
+  [CLOSE_TOO_MANY_CONNECTIONS, 'too-many-connections'],
+]);
+const TOO_MANY_CONNECTIONS_TEXT =
+  'This user has too many open connections to the signaling server: close one (another tab or device) and connect again.';
 // Relay errors that only mean "that peer is gone" or "we are rejoining": not worth a word.
 const RELAY_EVENTS = new Set(['webrtc:offer', 'webrtc:answer', 'webrtc:ice-candidate']);
 const QUIET_RELAY_ERRORS = new Set(['participant-not-found', 'not-in-room', 'room-not-found']);
 
-/** A request the server refused (`code` is the protocol's error code), or one that got no reply
- * (`code` is `"timeout"`, `"disconnected"`, `"closed"`, `"unauthenticated"` or `"origin-refused"`). */
+/**
+ * A request the server refused (`code` is the protocol's error code), one that got no reply
+ * (`code` is `"timeout"`, `"disconnected"`, `"closed"`, `"unauthenticated"`, `"origin-refused"`
+ * or `"too-many-connections"`), or a failure of the client's own work (`"ticket-failed"`,
+ * `"refresh-failed"`).
+ */
 export class SignalingError extends Error {
   /**
    * @param {string} code
    * @param {string} message
-   * @param {{event?: string, details?: object}} [extra]
+   * @param {{event?: string, details?: object, cause?: unknown}} [extra]
    */
-  constructor(code, message, { event, details } = {}) {
-    super(message);
+  constructor(code, message, { event, details, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
     this.name = 'SignalingError';
     this.code = code;
     this.event = event;
@@ -100,21 +128,46 @@ class Listeners {
  *
  * Server events reach `on(event, …)` handlers as `(data, frame)`. The client adds its own:
  * - `connect` `{socketId, userId, resumed}` after each `webrtc:connected`;
- * - `disconnect` `{code, reason, willReconnect}` when the socket closes;
+ * - `disconnect` `{code, reason, willReconnect}` when the socket closes, or when the client
+ *   stops before it had one (a refused ticket is told as a close 4401, a refused origin as 1006);
  * - `reconnecting` `{attempt, delayMs}` before each new attempt;
- * - `error` `(Error)` when a token could not be had, or a {@link SignalingError} of code
- *   `"origin-refused"` when the server refuses this page's origin.
+ * - `error` `(Error)`: the token function's own error when it throws; a {@link SignalingError}
+ *   of code `"ticket-failed"` (retried), `"refresh-failed"`, `"origin-refused"` or
+ *   `"too-many-connections"` (both final).
  *
- * Frames emitted while not connected are queued and sent, in order, right after the next
- * `webrtc:connected`. After a close with code 4401 (not authenticated), or `close()`, the
- * client stops; otherwise it reconnects with exponential backoff and jitter.
+ * **Credentials.** Before every connection and reconnection the client trades its credential
+ * for a single-use ticket at `ticketUrl` (`POST`, `Authorization: Bearer <token>`, or the
+ * session cookie with the `csrftoken` cookie's value in `X-CSRFToken` when there is no
+ * token) and connects with `?ticket=`: the access token never appears in a URL. A ticket
+ * request that fails (the network, a 5xx) is retried with the backoff; one answered 401 or
+ * 403 stops the client as a close 4401 does. `tickets: false` sends `?token=` instead
+ * (non-browser clients without the ticket endpoint).
+ *
+ * **Refresh.** When `webrtc:connected` says when the authentication expires
+ * (`authExpiresAt`) and `token` is a function, the client calls it shortly before that
+ * (60 s before, or halfway for a shorter lifetime, never sooner than 5 s from then) and
+ * sends the fresh token as `webrtc:refresh-auth`; the next refresh is timed from that token's
+ * JWT `exp` (or comes within 60 s when it has none). A failed refresh is an `error`, retried
+ * halfway to the expiry while there is time; if none succeeds the server closes with 4401.
+ *
+ * **Reconnects.** Frames emitted while not connected are queued and sent, in order, right
+ * after the next `webrtc:connected`. After a close the client reconnects with exponential
+ * backoff and jitter, except:
+ * - 4401 right at connect (before `webrtc:connected`): it stops (`"unauthenticated"`);
+ * - 4401 on a connection that was up (its authentication expired): it reconnects once with a
+ *   fresh credential when it can get one (a token function, or the session); it stops if that
+ *   connection too ends with 4401 before one of its refreshes succeeded, and at once with a
+ *   fixed token string;
+ * - 4409 (too many connections for this user): it stops (`"too-many-connections"`);
+ * - `close()`.
  *
  * A browser shows a handshake the server refused (HTTP 403 for a foreign `Origin`) only as
- * a close 1006 before the socket opened, as it shows a network failure. So after such a
- * close the client asks the server's origin check ({@link ORIGIN_CHECK_PATH}) before it
- * decides: if the origin is refused, it stops (`error`, then `disconnect` with
- * `willReconnect: false`, and whatever waits is rejected with `"origin-refused"`); if it is
- * allowed, or the check cannot be had (the network), it retries as usual.
+ * a close 1006 before the socket opened, as it shows a network failure; a cross-origin ticket
+ * request that CORS refuses looks like the network too. So after either the client asks the
+ * server's origin check ({@link ORIGIN_CHECK_PATH}) before it decides: if the origin is
+ * refused, it stops (`error`, then `disconnect` with `willReconnect: false`, and whatever
+ * waits is rejected with `"origin-refused"`); if it is allowed, or the check cannot be had
+ * (the network), it retries as usual.
  */
 export class SignalingClient extends Listeners {
   /** Server-assigned id of the connection (from `webrtc:connected`); that of the last one while reconnecting. */
@@ -123,9 +176,17 @@ export class SignalingClient extends Listeners {
   userId = null;
   /** Whether `webrtc:connected` arrived on the current socket. */
   connected = false;
+  /**
+   * When the connection's authentication expires, as far as the client knows (a `Date`: from
+   * `webrtc:connected`, then from each refreshed token's `exp`), or `null`.
+   * @type {Date | null}
+   */
+  authExpiresAt = null;
 
   #url;
   #token;
+  #tickets;
+  #ticketUrl;
   #reconnect;
   #backoff;
   #requestTimeoutMs;
@@ -140,15 +201,23 @@ export class SignalingClient extends Listeners {
   #nextRequestId = 1;
   #attempt = 0;
   #retryTimer = null;
+  #refreshTimer = null;
+  #refreshDelayMs = UNKNOWN_EXPIRY_REFRESH_MS;
+  #reauthenticating = false;
   #stopped = false;
   #stopCode = 'closed';
   #resumeToken = null;
 
   /**
-   * @param {object} options
-   * @param {string | (() => string | Promise<string>)} options.token an access token, or a function
-   *   that returns a fresh one (it is called for every connection, so it can refresh an expired token)
+   * @param {object} [options]
+   * @param {string | (() => string | Promise<string>)} [options.token] an access token, or a function
+   *   that returns a fresh one (it is called for every connection and for every refresh, so it can
+   *   refresh an expired token); without it the ticket is asked for with the session cookie
    * @param {string} [options.url] the websocket URL of `/ws/calls/`; by default on this page's host
+   * @param {boolean} [options.tickets=true] connect with a single-use ticket (`?ticket=`); `false`:
+   *   with the token itself (`?token=`), for clients that cannot reach the ticket endpoint
+   * @param {string} [options.ticketUrl] where tickets come from; by default {@link TICKET_PATH} on the
+   *   host of `url` (https for wss, http for ws)
    * @param {boolean} [options.reconnect=true] reconnect after a lost connection
    * @param {{initialMs?: number, maxMs?: number, factor?: number}} [options.backoff] delays of the
    *   reconnect attempts: `initialMs * factor ** attempt`, capped at `maxMs`, each with jitter
@@ -157,11 +226,13 @@ export class SignalingClient extends Listeners {
    * @param {typeof WebSocket} [options.WebSocket] a WebSocket implementation, outside browsers
    * @param {string | null} [options.originCheckUrl] the server's origin check, asked after a socket
    *   closed before it opened; by default {@link ORIGIN_CHECK_PATH} on the host of `url`; `null`: never ask
-   * @param {typeof fetch} [options.fetch] a fetch implementation for the origin check
+   * @param {typeof fetch} [options.fetch] a fetch implementation for the tickets and the origin check
    */
   constructor({
     token,
     url,
+    tickets = true,
+    ticketUrl,
     reconnect = true,
     backoff = {},
     requestTimeoutMs = DEFAULT_REQUEST_TIMEOUT_MS,
@@ -173,17 +244,24 @@ export class SignalingClient extends Listeners {
     super();
     this.#url = url ?? defaultUrl();
     this.#token = token;
+    this.#tickets = tickets;
+    this.#ticketUrl = ticketUrl ?? httpUrlOf(TICKET_PATH, this.#url);
     this.#reconnect = reconnect;
     this.#backoff = { ...DEFAULT_BACKOFF, ...backoff };
     this.#requestTimeoutMs = requestTimeoutMs;
     this.#WebSocket = WebSocketImpl;
     this.#fetch = fetchImpl;
-    this.#originCheckUrl = originCheckUrl === undefined ? originCheckUrlOf(this.#url) : originCheckUrl;
+    this.#originCheckUrl = originCheckUrl === undefined ? httpUrlOf(ORIGIN_CHECK_PATH, this.#url) : originCheckUrl;
+    if (tickets && typeof fetchImpl !== 'function') {
+      // Falling back to ?token= would put the token in the URL that tickets keep it out of.
+      throw new TypeError('SignalingClient: tickets need a fetch implementation (pass `fetch`, or `tickets: false`).');
+    }
     if (autoConnect) this.connect();
   }
 
   /** Open the connection (again, after `close()`); a no-op while one is open or opening. */
   connect() {
+    if (this.#stopped) this.#reauthenticating = false;
     this.#stopped = false;
     if (!this.#ws && !this.#opening && !this.#checkingOrigin && this.#retryTimer === null) this.#open();
     return this;
@@ -194,6 +272,7 @@ export class SignalingClient extends Listeners {
     this.#stopped = true;
     clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
+    this.#clearRefresh();
     const ws = this.#ws;
     if (ws) {
       this.#ws = null;
@@ -204,7 +283,8 @@ export class SignalingClient extends Listeners {
   }
 
   /**
-   * Send an event to the server, like Socket.IO's `socket.emit(event, data)`.
+   * Send an event to the server, like Socket.IO's `socket.emit(event, data)`. The frame has no
+   * `id`, so the server sends no reply (errors still come as `webrtc:signaling-error`).
    * @param {string} event e.g. `"webrtc:offer"`
    * @param {object} [data]
    * @returns {this}
@@ -215,8 +295,9 @@ export class SignalingClient extends Listeners {
   }
 
   /**
-   * Send an event with an `id` and wait for the reply that carries it back
-   * (`webrtc:room-joined` or `webrtc:room-left`).
+   * Send an event with an `id` and wait for the reply that carries it back:
+   * `webrtc:room-joined`, `webrtc:room-left`, or `webrtc:ack` (`{event}`) for the events
+   * without a reply of their own (relays, `webrtc:refresh-auth`, …).
    * @param {string} event
    * @param {object} [data]
    * @param {{timeoutMs?: number}} [options]
@@ -260,19 +341,23 @@ export class SignalingClient extends Listeners {
 
   async #open() {
     let token;
+    let ticket = null;
     this.#opening = true;
     try {
+      // (Without a token function or tickets, the socket is made synchronously.)
       token = typeof this.#token === 'function' ? await this.#token() : this.#token;
+      if (this.#tickets && !this.#stopped) ticket = await this.#obtainTicket(token);
     } catch (error) {
-      this.dispatch('error', error);
-      if (!this.#stopped) this.#scheduleReconnect();
+      this.#opening = false;
+      if (!this.#stopped) await this.#credentialFailed(error);
       return;
     } finally {
       this.#opening = false;
     }
     if (this.#stopped || this.#ws) return;
     const url = new URL(this.#url);
-    url.searchParams.set('token', token ?? '');
+    if (this.#tickets) url.searchParams.set('ticket', ticket);
+    else url.searchParams.set('token', token ?? '');
     if (this.#resumeToken) url.searchParams.set('resume', this.#resumeToken);
     const ws = new this.#WebSocket(url.toString());
     this.#ws = ws;
@@ -286,10 +371,92 @@ export class SignalingClient extends Listeners {
     ws.onclose = (event) => {
       if (ws !== this.#ws) return;
       this.#ws = null;
-      const askOrigin = !opened && !this.#stopped && this.#originCheckUrl && typeof this.#fetch === 'function';
+      const askOrigin = !opened && !this.#stopped && this.#canCheckOrigin();
       if (askOrigin) this.#closedBeforeOpen(ws, event.code, event.reason);
       else this.#socketClosed(ws, event.code, event.reason);
     };
+  }
+
+  /**
+   * Trade the credential for a ticket: `token` as a bearer token, or (without one) the session
+   * cookie and its CSRF token.
+   * @returns {Promise<string>} the ticket; rejected with a {@link SignalingError} of code
+   *   `"ticket-refused"` (401, 403) or `"ticket-failed"` (`details.network` when fetch itself failed)
+   */
+  async #obtainTicket(token) {
+    const fetchImpl = this.#fetch; // called detached: a browser's fetch refuses another `this`
+    const headers = { Accept: 'application/json' };
+    let credentials = 'omit';
+    if (token) {
+      headers.Authorization = `Bearer ${token}`;
+    } else {
+      credentials = 'same-origin';
+      const csrf = cookieValue('csrftoken');
+      if (csrf) headers['X-CSRFToken'] = csrf;
+    }
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), TICKET_TIMEOUT_MS);
+    const failed = (message, details, cause) => {
+      const text = `No websocket ticket from ${this.#ticketUrl}: ${message}.`;
+      return new SignalingError('ticket-failed', text, { details, cause });
+    };
+    try {
+      let response;
+      try {
+        response = await fetchImpl(this.#ticketUrl, {
+          method: 'POST',
+          headers,
+          credentials,
+          cache: 'no-store',
+          signal: abort.signal,
+        });
+      } catch (error) {
+        const timedOut = abort.signal.aborted;
+        const message = timedOut ? `no answer within ${TICKET_TIMEOUT_MS} ms` : String(error?.message ?? error);
+        throw failed(message, { network: !timedOut }, error);
+      }
+      const { status } = response;
+      if (status === 401 || status === 403) {
+        const message = `The server refused the credential for a websocket ticket (${status}).`;
+        throw new SignalingError('ticket-refused', message, { details: { status } });
+      }
+      if (!response.ok) throw failed(`HTTP ${status}`, { status });
+      let body;
+      try {
+        body = await response.json();
+      } catch (error) {
+        throw failed('the answer is not JSON', { status }, error);
+      }
+      if (typeof body?.ticket !== 'string' || body.ticket === '') throw failed('the answer has no ticket', { status });
+      return body.ticket;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** The token or the ticket could not be had: stop (refused), or retry with the backoff. */
+  async #credentialFailed(error) {
+    if (error instanceof SignalingError && error.code === 'ticket-refused') {
+      this.#socketClosed(null, CLOSE_UNAUTHENTICATED, error.message);
+      return;
+    }
+    if (error instanceof SignalingError && error.details?.network && this.#canCheckOrigin()) {
+      // CORS refuses a foreign page's ticket request as the network fails: ask before retrying.
+      this.#checkingOrigin = true;
+      const allowed = await this.#originAllowed();
+      this.#checkingOrigin = false;
+      if (this.#stopped) return;
+      if (allowed === false) {
+        this.#socketClosed(null, 1006, originRefusal(), { refused: true });
+        return;
+      }
+    }
+    this.dispatch('error', error);
+    if (!this.#stopped) this.#scheduleReconnect();
+  }
+
+  #canCheckOrigin() {
+    return Boolean(this.#originCheckUrl) && typeof this.#fetch === 'function';
   }
 
   /** A socket that never opened: a refused origin, or the network? The server's origin check tells. */
@@ -301,11 +468,7 @@ export class SignalingClient extends Listeners {
       this.#socketClosed(ws, code, reason);
       return;
     }
-    const origin = globalThis.location?.origin;
-    const refusal =
-      `The signaling server refuses websockets from this page's origin${origin ? ` (${origin})` : ''}: ` +
-      'it must be allowed there (ALLOWED_HOSTS or CSRF_TRUSTED_ORIGINS).';
-    this.#socketClosed(ws, code, refusal, { refused: true });
+    this.#socketClosed(ws, code, originRefusal(), { refused: true });
   }
 
   /** `true` or `false` from the server's origin check; `null` when it cannot be had (so: retry). */
@@ -329,12 +492,13 @@ export class SignalingClient extends Listeners {
   #receive(ws, text) {
     let frame;
     try {
-      frame = JSON.parse(text);
+      frame = JSON.parse(text, withoutProtoKeys);
     } catch {
       return; // the server sends JSON only; anything else is not ours to guess at
     }
     if (!frame || typeof frame.event !== 'string') return;
-    const { event, data = {}, id } = frame;
+    const { event, id } = frame;
+    const data = isObject(frame.data) ? frame.data : {};
     if (event === 'webrtc:connected' || (event === 'webrtc:resumed' && !this.connected)) {
       this.#connected(ws, event, data);
     }
@@ -352,17 +516,84 @@ export class SignalingClient extends Listeners {
   }
 
   #connected(ws, event, data) {
-    // A resume (PROTOCOL.md §6) keeps the socketId: the room and the peer connections live on.
+    // A resume (docs/protocol.md §6) keeps the socketId: the room and the peer connections live on.
     const resumed = event === 'webrtc:resumed' || (this.socketId !== null && data.socketId === this.socketId);
     this.socketId = data.socketId;
     this.userId = data.userId ?? this.userId;
     this.#resumeToken = data.resumeToken ?? this.#resumeToken;
+    if (data.authExpiresAt !== undefined) this.authExpiresAt = dateOrNull(data.authExpiresAt);
     this.connected = true;
     this.#attempt = 0;
+    this.#clearRefresh();
+    if (this.authExpiresAt && typeof this.#token === 'function') {
+      this.#scheduleRefresh(ws, refreshDelay(this.authExpiresAt.getTime() - Date.now()));
+    }
     const queued = this.#queue;
     this.#queue = [];
     for (const frame of queued) this.#send(frame);
     this.dispatch('connect', { socketId: this.socketId, userId: this.userId, resumed });
+  }
+
+  /** Refresh the authentication of `ws` in `delayMs` (in steps, past setTimeout's limit). */
+  #scheduleRefresh(ws, delayMs) {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshDelayMs = delayMs;
+    const step = Math.min(delayMs, MAX_TIMER_MS);
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      if (step < delayMs) this.#scheduleRefresh(ws, delayMs - step);
+      else this.#refreshAuth(ws);
+    }, step);
+  }
+
+  #clearRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+  }
+
+  /** A fresh token from the token function, sent as `webrtc:refresh-auth`; then the next one is timed. */
+  async #refreshAuth(ws) {
+    const current = () => ws === this.#ws && this.connected && !this.#stopped;
+    if (!current()) return;
+    let token;
+    try {
+      token = await this.#token();
+      if (!token) throw new Error('the token function gave no token');
+    } catch (error) {
+      if (!current()) return;
+      this.dispatch('error', error);
+      this.#retryRefresh(ws);
+      return;
+    }
+    if (!current()) return;
+    try {
+      await this.request('webrtc:refresh-auth', { token });
+    } catch (error) {
+      if (!current()) return; // the connection went: its successor has a schedule of its own
+      const refused = error instanceof SignalingError && error.code === 'forbidden';
+      this.dispatch(
+        'error',
+        new SignalingError('refresh-failed', `The authentication could not be refreshed: ${error.message}`, {
+          event: 'webrtc:refresh-auth',
+          details: { code: error.code },
+          cause: error,
+        }),
+      );
+      if (!refused) this.#retryRefresh(ws); // a refused token stays refused
+      return;
+    }
+    if (!current()) return;
+    this.#reauthenticating = false;
+    const expiresAt = jwtExpiresAt(token);
+    this.authExpiresAt = expiresAt === null ? null : new Date(expiresAt);
+    if (expiresAt !== null) this.#scheduleRefresh(ws, refreshDelay(expiresAt - Date.now()));
+    else this.#scheduleRefresh(ws, Math.min(UNKNOWN_EXPIRY_REFRESH_MS, this.#refreshDelayMs));
+  }
+
+  /** Try once more, halfway to the expiry, while that is far enough; else the server's 4401 comes. */
+  #retryRefresh(ws) {
+    const leftMs = this.authExpiresAt ? this.authExpiresAt.getTime() - Date.now() : 0;
+    if (leftMs >= 2 * MIN_REFRESH_DELAY_MS) this.#scheduleRefresh(ws, leftMs / 2);
   }
 
   #send(frame) {
@@ -375,19 +606,38 @@ export class SignalingClient extends Listeners {
     ws.send(JSON.stringify(frame));
   }
 
+  /**
+   * The socket `ws` closed with `code` (`ws` is `null` when the client stops before it had a
+   * socket: a refused ticket, a refused origin). Decide whether to reconnect, and tell.
+   */
   #socketClosed(ws, code, reason, { refused = false } = {}) {
+    const wasUp = ws !== null && this.connected;
     this.connected = false;
+    this.#clearRefresh();
     // Requests sent on this socket will get no reply; queued ones wait for the next socket.
-    this.#rejectPending(ws, 'disconnected', 'The connection was lost before the reply came.');
-    const willReconnect = !refused && !this.#stopped && this.#reconnect && code !== CLOSE_UNAUTHENTICATED;
+    if (ws) this.#rejectPending(ws, 'disconnected', 'The connection was lost before the reply came.');
+    let willReconnect = !refused && !this.#stopped && this.#reconnect && code !== CLOSE_TOO_MANY_CONNECTIONS;
+    if (willReconnect && code === CLOSE_UNAUTHENTICATED) {
+      // Expired on the way (not refused at connect): one more try, with a fresh credential.
+      willReconnect = wasUp && !this.#reauthenticating && this.#canRenewCredential();
+      if (willReconnect) this.#reauthenticating = true;
+    }
     if (!willReconnect) {
       this.#stopped = true;
-      this.#stopCode = refused ? 'origin-refused' : code === CLOSE_UNAUTHENTICATED ? 'unauthenticated' : 'closed';
+      this.#stopCode = refused ? 'origin-refused' : (STOP_CODES.get(code) ?? 'closed');
+      if (this.#stopCode === 'too-many-connections') reason ||= TOO_MANY_CONNECTIONS_TEXT;
       this.#rejectPending(null, this.#stopCode, reason || `The connection was closed (${code}).`);
+      if (this.#stopCode === 'origin-refused' || this.#stopCode === 'too-many-connections') {
+        this.dispatch('error', new SignalingError(this.#stopCode, reason));
+      }
     }
-    if (refused) this.dispatch('error', new SignalingError('origin-refused', reason));
     this.dispatch('disconnect', { code, reason, willReconnect });
     if (willReconnect) this.#scheduleReconnect();
+  }
+
+  /** Whether a new connection could present a newer credential than the last one. */
+  #canRenewCredential() {
+    return typeof this.#token === 'function' || (this.#token == null && this.#tickets);
   }
 
   #scheduleReconnect() {
@@ -420,11 +670,78 @@ function defaultUrl() {
   return `${protocol === 'https:' ? 'wss' : 'ws'}://${host}/ws/calls/`;
 }
 
-/** The origin check on the host of the websocket URL `wsUrl`. */
-function originCheckUrlOf(wsUrl) {
-  const url = new URL(ORIGIN_CHECK_PATH, wsUrl);
-  url.protocol = url.protocol === 'wss:' ? 'https:' : 'http:';
+/** `path` on the host of the websocket URL `wsUrl`, over https for wss and http for ws. */
+function httpUrlOf(path, wsUrl) {
+  const url = new URL(path, wsUrl);
+  url.protocol = url.protocol === 'wss:' || url.protocol === 'https:' ? 'https:' : 'http:';
   return url.toString();
+}
+
+function originRefusal() {
+  const origin = globalThis.location?.origin;
+  return (
+    `The signaling server refuses websockets from this page's origin${origin ? ` (${origin})` : ''}: ` +
+    'it must be allowed there (ALLOWED_HOSTS or CSRF_TRUSTED_ORIGINS).'
+  );
+}
+
+/** The value of the cookie `name` of this page, or `null` (and always `null` outside a page). */
+function cookieValue(name) {
+  const cookies = globalThis.document?.cookie;
+  if (typeof cookies !== 'string') return null;
+  for (const pair of cookies.split(';')) {
+    const at = pair.indexOf('=');
+    if (at !== -1 && pair.slice(0, at).trim() === name) {
+      try {
+        return decodeURIComponent(pair.slice(at + 1).trim());
+      } catch {
+        return pair.slice(at + 1).trim();
+      }
+    }
+  }
+  return null;
+}
+
+/**
+ * When to refresh an authentication that expires in `leftMs`: 60 s before, or halfway for a
+ * shorter lifetime, but never sooner than 5 s from now.
+ */
+function refreshDelay(leftMs) {
+  return Math.max(MIN_REFRESH_DELAY_MS, leftMs - Math.min(REFRESH_MARGIN_MS, leftMs / 2));
+}
+
+/** The JWT `exp` claim of `token` in milliseconds, or `null` when it has no readable one. */
+export function jwtExpiresAt(token) {
+  try {
+    const part = String(token).split('.')[1];
+    if (!part) return null;
+    const base64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const payload = JSON.parse(atob(base64.padEnd(Math.ceil(base64.length / 4) * 4, '=')), withoutProtoKeys);
+    const { exp } = payload ?? {};
+    return typeof exp === 'number' && Number.isFinite(exp) ? exp * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** An ISO 8601 time as a `Date`, or `null` when absent or unreadable. */
+function dateOrNull(value) {
+  if (typeof value !== 'string') return null;
+  const time = Date.parse(value);
+  return Number.isNaN(time) ? null : new Date(time);
+}
+
+function isObject(value) {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/**
+ * JSON.parse reviver: drop `__proto__` keys. JSON.parse makes them plain own properties, but
+ * one copied on with `Object.assign` or `obj[key] = value` would set the target's prototype;
+ * dropped here, no copy the application makes later can.
+ */
+function withoutProtoKeys(key, value) {
+  return key === '__proto__' ? undefined : value;
 }
 
 /**
@@ -653,7 +970,9 @@ export class CallMesh extends Listeners {
     return peer;
   }
 
-  async #onDescription(fromSocketId, fromUserId, description) {
+  async #onDescription(fromSocketId, fromUserId, received) {
+    const description = remoteDescription(received);
+    if (!description || typeof fromSocketId !== 'string') return; // not a description: nothing to negotiate
     if (description.type === 'answer' && !this.peers.has(fromSocketId)) return; // to an offer we closed
     if (!this.participants.has(fromSocketId)) this.#remember({ socketId: fromSocketId, userId: fromUserId });
     const peer = this.#peer(fromSocketId);
@@ -685,11 +1004,8 @@ export class CallMesh extends Listeners {
   async #onCandidate({ fromSocketId, candidate, sdpMid, sdpMLineIndex }) {
     const peer = this.peers.get(fromSocketId);
     if (!peer) return; // nothing negotiated with that participant (or it has just left)
-    // Seed-style clients send the candidate string with sdpMid/sdpMLineIndex beside it.
-    const init =
-      typeof candidate === 'string'
-        ? { candidate, sdpMid: sdpMid ?? null, sdpMLineIndex: sdpMLineIndex ?? null }
-        : { sdpMid, sdpMLineIndex, ...candidate };
+    const init = candidateInit(candidate, sdpMid, sdpMLineIndex);
+    if (!init) return;
     try {
       await peer.pc.addIceCandidate(init);
     } catch (error) {
@@ -714,4 +1030,28 @@ export class CallMesh extends Listeners {
 
 function plainDescription(description) {
   return { type: description.type, sdp: description.sdp };
+}
+
+/** A received offer or answer as a new `{type, sdp}`, or `null` when it is not one. */
+function remoteDescription(description) {
+  if (!isObject(description) || typeof description.sdp !== 'string') return null;
+  if (description.type !== 'offer' && description.type !== 'answer') return null;
+  return plainDescription(description);
+}
+
+/**
+ * A received candidate as a new RTCIceCandidateInit of its named fields only, or `null`.
+ * Seed-style clients send the candidate string with sdpMid/sdpMLineIndex beside it; others
+ * send the RTCIceCandidateInit, whose own fields win over those beside it.
+ */
+function candidateInit(candidate, sdpMid, sdpMLineIndex) {
+  const fields = typeof candidate === 'string' ? { candidate } : isObject(candidate) ? candidate : null;
+  if (!fields || typeof fields.candidate !== 'string') return null;
+  const init = {
+    candidate: fields.candidate,
+    sdpMid: fields.sdpMid !== undefined ? fields.sdpMid : (sdpMid ?? null),
+    sdpMLineIndex: fields.sdpMLineIndex !== undefined ? fields.sdpMLineIndex : (sdpMLineIndex ?? null),
+  };
+  if (typeof fields.usernameFragment === 'string') init.usernameFragment = fields.usernameFragment;
+  return init;
 }
