@@ -3,6 +3,7 @@ scope the websocket authentication makes."""
 
 from __future__ import annotations
 
+import math
 import time
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -23,12 +24,20 @@ def fresh_ticket_store() -> None:
 
 
 class FrozenClock:
-    """A monotonic and a wall clock that stand still until the test moves them."""
+    """A monotonic and a wall clock that stand still until the test moves them.
+
+    Both start at a whole second, so that ``start + offset`` is exact and a test can assert
+    what happens exactly when a window or a TTL ends. From the raw reading (the monotonic
+    clock is the uptime, with arbitrary low bits), ``start + 600`` rounds whenever the sum
+    crosses a power of two (uptime in [3496, 4096) s, [7592, 8192) s, …), and then
+    ``(start + 600) - start`` is 599.9999999999995: an event of the frozen start had not
+    left its 600 s window at "600 s later", and the test failed, depending on when it ran.
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.monkeypatch = monkeypatch
-        self.started_monotonic = time.monotonic()
-        self.started_wall = time.time()
+        self.started_monotonic = float(math.floor(time.monotonic()))
+        self.started_wall = float(math.floor(time.time()))
         self.offset = 0.0
 
     def monotonic(self) -> float:

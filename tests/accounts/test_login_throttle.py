@@ -4,6 +4,7 @@ and per username (docs/protocol.md §11), in memory and through Redis."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,6 +13,7 @@ from django.test import Client
 
 from accounts import throttle
 from accounts.models import User
+from tests.accounts import conftest as accounts_conftest
 from tests.accounts.conftest import FrozenClock
 from tests.conftest import PASSWORD, make_user
 
@@ -213,6 +215,27 @@ async def test_the_async_twins_share_the_count(kind: str, request: pytest.Fixtur
     store.hit("k", 1)
     await store.aclear("k")
     assert store.check("k", 1).allowed
+
+
+def test_the_frozen_clock_moves_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests the tests' clock: ``advance(600)`` is exactly 600 s later, even from a real
+    reading where ``reading + 600`` rounds (a sum that crosses a power of two), as when
+    the uptime is just below 2**12 s; otherwise a window's end is a reading too early."""
+    readings = SimpleNamespace(monotonic=lambda: 4000 + 2**-41, time=lambda: 2147483100 + 2**-22)
+    assert (readings.monotonic() + 600) - readings.monotonic() < 600, "the reading rounds"
+    assert (readings.time() + 600) - readings.time() < 600, "the reading rounds"
+    monkeypatch.setattr(accounts_conftest, "time", readings)
+    clock = FrozenClock(monkeypatch)
+    started = (clock.monotonic(), clock.time())
+    clock.advance(250)
+    clock.advance(350)
+    assert (clock.monotonic() - started[0], clock.time() - started[1]) == (600, 600)
+    store = throttle.MemoryWindows(600)
+    clock.install(throttle)
+    clock.offset = 0.0
+    store.hit("k", 1)
+    clock.advance(600)
+    assert store.check("k", 1).allowed, "the event left the window 600 s after it"
 
 
 def test_the_memory_store_is_bounded(frozen_clock: FrozenClock) -> None:
