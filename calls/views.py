@@ -1,16 +1,18 @@
-"""The call page: a browser client of the signaling server built on ``signaling.js``; and
-the origin check that lets that client tell a refused websocket from a network failure."""
+"""The call page: a browser client of the signaling server built on ``signaling.js``; the
+origin check that lets that client tell a refused websocket from a network failure; and
+the protocol's AsyncAPI document."""
 
 from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 from django.views.generic import TemplateView
 
 from accounts.websocket import OriginCheck
+from calls.asyncapi import document_json
 
 
 class CallPageView(TemplateView):
@@ -40,3 +42,10 @@ def origin_check(request: HttpRequest) -> JsonResponse:
     response["Cache-Control"] = "no-store"
     patch_vary_headers(response, ["Origin"])
     return response
+
+
+@require_GET
+def asyncapi_document(request: HttpRequest) -> HttpResponse:
+    """The signaling protocol as an AsyncAPI 3.0.0 document, generated from its schemas
+    (``calls.asyncapi``) once per process. No authentication: it is the public contract."""
+    return HttpResponse(document_json(), content_type="application/json")
