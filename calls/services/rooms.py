@@ -8,9 +8,9 @@ import math
 import uuid
 from typing import Any
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 
+from accounts.websocket import in_auth_thread
 from calls import delivery, history, process
 from calls.ice import ice_servers_for
 from calls.presence.base import Departure, JoinOutcome, JoinStatus, Member, RoomSession
@@ -66,11 +66,12 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
         )
 
     # The group names the room (rule 1), so only a join that names one needs the
-    # joiner's groups: a thread hop and a query.
+    # joiner's groups: a query, on the lookup threads, never behind history writes (a
+    # stuck history writer held another user's group join for 20 s, rule 9).
     if requested_group is None:
         outcome = await join(frozenset())
     else:
-        outcome = await join(await database_sync_to_async(group_ids_of_user)(user_id=int(caller.user_id)))
+        outcome = await join(await in_auth_thread(group_ids_of_user)(user_id=int(caller.user_id)))
     if outcome.status is JoinStatus.FORBIDDEN:
         raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
     if outcome.status is JoinStatus.FULL:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 
 from accounts.models import User
+from calls import process
 from calls.models import CallRoom
 from groups.models import Group, Membership
 from tests.calls.conftest import InRoom, all_silent, socket_ids
@@ -505,3 +507,18 @@ async def test_after_the_last_leave_the_room_id_starts_a_new_session(
     assert sessions[0].ended_at is not None
     assert sessions[1].ended_at is None
     assert sessions[0].session_id != sessions[1].session_id
+
+
+async def test_a_group_join_never_waits_for_a_history_backlog(
+    connect: ConnectFactory, alice: User, team: Group
+) -> None:
+    """Tests that the joiner's group lookup does not queue behind a stuck history writer."""
+    await history_written()
+    released = threading.Event()
+    process.current().writer.submit(lambda: released.wait(10))  # the database is stuck
+    joiner = await connect(alice)
+    try:
+        joined = await asyncio.wait_for(joiner.join("team-call", metadata={"groupId": team.pk}), timeout=2.0)
+    finally:
+        released.set()
+    assert joined["metadata"]["groupId"] == str(team.pk)
