@@ -1,7 +1,7 @@
 // Open-loop load generator for the signaling server (docs/benchmarks.md).
 //
-// Opens authenticated websocket connections to the native endpoint (round-robin over the
-// given server URLs), fills rooms one participant at a time at a fixed join rate, lets
+// Opens authenticated websocket connections (round-robin over the given server URLs),
+// fills rooms one participant at a time at a fixed join rate, lets
 // every newcomer offer to everyone present (the target answers; 8 ICE candidates each
 // way per pair), then sends targeted ICE candidates on a timer at a fixed total rate,
 // whatever the server answers. Every relayed message carries a sequence number and its
@@ -14,6 +14,19 @@
 //             limit and this process not saturated).
 //   idle      connect many clients and hold them: server RSS per connection.
 //
+// Framing (--framing):
+//   native    the native endpoint's JSON frames, {"event", "data", "id"}; the token in
+//             ?token=.
+//   socketio  Engine.IO v4 / Socket.IO v5 over a plain websocket (a URL of
+//             /socket.io/?EIO=4&transport=websocket): the server's handshake 0{...}, then
+//             CONNECT 40{"token":...} answered 40{"sid":...}; events 42["event",data];
+//             a join asks for an acknowledgement, 42<id>[...], answered 43<id>[reply]
+//             (or by a plain room-joined event, from a server that does not acknowledge);
+//             pings 2 answered 3. With --connected-on sid the CONNECT answer's sid is the
+//             socketId (a server that sends no webrtc:connected), otherwise the
+//             webrtc:connected event that follows it.
+// The scenario, the checks and the figures are the same in both.
+//
 // Offers and answers carry the sequence number and send time in their SDP's o= line,
 // candidates in the candidate string (foundation = sequence number, last word = time).
 // Given the server (and Redis) PIDs it reads their CPU time and RSS from /proc at each
@@ -21,7 +34,7 @@
 // stdout; progress goes to stderr.
 //
 // Usage (bench/run.py passes all of this): node bench/loadgen.mjs --urls ws://H:P/ws/calls/[,...]
-//   --tokens tokens.json [--mode scenario|idle] [--rooms 100 --size 4 --rate 5000 --duration 10]
+//   --tokens tokens.json [--framing native|socketio [--connected-on event|sid]] [--mode scenario|idle] [--rooms 100 --size 4 --rate 5000 --duration 10]
 //   [--bisect-lo 250 --bisect-hi 40000] [--pids 123,456 --redis-pid 789]
 // The tokens file is a JSON list of access tokens: one per client, then two per URL for
 // the warm-up.
@@ -59,6 +72,8 @@ const { values: args } = parseArgs({
     "clk-tck": { type: "string", default: "100" },
     deadline: { type: "string", default: "600" },
     "room-prefix": { type: "string", default: "" },
+    framing: { type: "string", default: "native" },
+    "connected-on": { type: "string", default: "event" },
     deflate: { type: "boolean", default: false },
     quiet: { type: "boolean", default: false },
   },
@@ -87,6 +102,8 @@ const ROOM_PREFIX = args["room-prefix"] || `b${process.pid.toString(36)}`;
 const WARMUP_TOKENS = 2 * URLS.length; // the last tokens of the file warm each server up
 const SATURATED_CPU = 0.9; // of one core
 const SATURATED_RATE = 0.97; // of the scheduled rate
+if (!["event", "sid"].includes(args["connected-on"])) fail("--connected-on must be event or sid");
+const CONNECTED_ON_SID = args["connected-on"] === "sid";
 
 const log = (message) => {
   if (!args.quiet) process.stderr.write(`[loadgen ${(performance.now() / 1000).toFixed(1)}s] ${message}\n`);
@@ -207,6 +224,112 @@ function latencySummary(values) {
   };
 }
 
+// ---------------------------------------------------------------- framing
+
+// What a decoded Socket.IO CONNECT answer and CONNECT_ERROR look like to the clients.
+const SIO_CONNECT = "socket.io:connect";
+const SIO_CONNECT_ERROR = "socket.io:connect-error";
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    totals.badFrames += 1;
+    return null;
+  }
+}
+
+/** The native endpoint: one JSON object per text frame. */
+const NATIVE = {
+  url: (base, token) => `${base}?token=${encodeURIComponent(token)}`,
+  /** A server frame as {event, data, id?}, or null for one that carries no event. */
+  decode(client, raw, isBinary) {
+    if (isBinary) {
+      totals.badFrames += 1;
+      return null;
+    }
+    const frame = parseJson(raw);
+    return frame !== null && typeof frame === "object" ? frame : null;
+  },
+  encode: (event, data, id) => JSON.stringify(id === undefined ? { event, data } : { event, data, id }),
+  joinId: (client) => `j${client.index}`,
+  /** A targeted ICE frame is this head, the candidate string, and ICE_TAIL. */
+  iceHead: (room, targetSocketId) =>
+    `{"event":"webrtc:ice-candidate","data":{"callRoomId":${JSON.stringify(room)},` +
+    `"targetSocketId":${JSON.stringify(targetSocketId)},"candidate":"`,
+  iceTail: '"}}',
+};
+
+/** Engine.IO v4 / Socket.IO v5 over a websocket, on the main namespace. */
+const SOCKETIO = {
+  url: (base) => base, // the token goes in the CONNECT packet's auth object
+  decode(client, raw, isBinary) {
+    if (isBinary) {
+      totals.badFrames += 1;
+      return null;
+    }
+    const text = raw.toString();
+    switch (text[0]) {
+      case "0": // Engine.IO handshake: connect to "/" with the token
+        client.send(`40${JSON.stringify({ token: client.token })}`);
+        return null;
+      case "2": // ping: pong with the same data
+        client.send(`3${text.slice(1)}`);
+        return null;
+      case "4":
+        break;
+      case "1": // Engine.IO close; the socket's close follows
+      case "6": // noop
+        return null;
+      default:
+        totals.badFrames += 1;
+        return null;
+    }
+    switch (text[1]) {
+      case "2": {
+        // EVENT: ["event", data, ...more arguments]; the server asks for no acknowledgement
+        const start = text.indexOf("[", 2);
+        const args = start < 0 ? null : parseJson(text.slice(start));
+        if (!Array.isArray(args) || typeof args[0] !== "string") return args === null ? null : bad();
+        return { event: args[0], data: args[1] ?? {} };
+      }
+      case "3": {
+        // ACK <id>[reply]: the reply is the native frame without its id
+        const start = text.indexOf("[", 2);
+        const args = start < 0 ? null : parseJson(text.slice(start));
+        const reply = Array.isArray(args) ? args[0] : null;
+        if (reply === null || typeof reply !== "object" || typeof reply.event !== "string") return bad();
+        return { event: reply.event, data: reply.data ?? {}, id: Number(text.slice(2, start)) };
+      }
+      case "0":
+        return { event: SIO_CONNECT, data: parseJson(text.slice(2)) ?? {} };
+      case "4":
+        return { event: SIO_CONNECT_ERROR, data: parseJson(text.slice(2)) ?? {} };
+      case "1": // DISCONNECT from the server: counted as a close
+        count(totals.closes, "socket.io-disconnect");
+        if (currentPhase) currentPhase.closes += 1;
+        return null;
+      default:
+        return bad();
+    }
+  },
+  encode: (event, data, id) => `42${id === undefined ? "" : id}${JSON.stringify([event, data])}`,
+  joinId: (client) => client.index + 2, // an acknowledgement id is a non-negative integer
+  iceHead: (room, targetSocketId) =>
+    `42["webrtc:ice-candidate",{"callRoomId":${JSON.stringify(room)},` +
+    `"targetSocketId":${JSON.stringify(targetSocketId)},"candidate":"`,
+  iceTail: '"}]',
+};
+
+function bad() {
+  totals.badFrames += 1;
+  return null;
+}
+
+const FRAMINGS = { native: NATIVE, socketio: SOCKETIO };
+const FRAMING = FRAMINGS[args.framing];
+if (FRAMING === undefined) fail("--framing must be native or socketio");
+
 // ---------------------------------------------------------------- clients
 
 class Client {
@@ -232,9 +355,7 @@ class Client {
   icePrefix(target) {
     let prefix = this.prefixes.get(target.index);
     if (prefix === undefined) {
-      prefix =
-        `{"event":"webrtc:ice-candidate","data":{"callRoomId":${JSON.stringify(this.room)},` +
-        `"targetSocketId":${JSON.stringify(target.socketId)},"candidate":"`;
+      prefix = FRAMING.iceHead(this.room, target.socketId);
       this.prefixes.set(target.index, prefix);
     }
     return prefix;
@@ -250,30 +371,39 @@ let joinFailures = 0;
 let joinsDone = 0;
 let inSetup = false;
 let lastFrameAt = 0; // when any frame last arrived: progress, while waiting
-let report = { mode: args.mode }; // filled in as the run goes; printed even at the deadline
+let report = { mode: args.mode, framing: args.framing }; // filled in as the run goes; printed even at the deadline
 
 function connect(client) {
   return new Promise((resolve) => {
     const startedAt = performance.now();
-    const ws = new WebSocket(`${client.url}?token=${encodeURIComponent(client.token)}`, {
+    const ws = new WebSocket(FRAMING.url(client.url, client.token), {
       perMessageDeflate: args.deflate,
       handshakeTimeout: 15000,
     });
     client.ws = ws;
-    ws.on("message", (data, isBinary) => {
-      if (client.socketId !== null) {
-        onFrame(client, data, isBinary);
-        return;
-      }
-      const frame = JSON.parse(data);
-      if (frame.event !== "webrtc:connected") {
-        count(totals.unexpectedEvents, `before-connected:${frame.event}`);
-        return;
-      }
-      client.socketId = frame.data.socketId;
+    const connected = (socketId) => {
+      client.socketId = socketId;
       bySocketId.set(client.socketId, client);
       connectLatencies.push(performance.now() - startedAt);
       resolve(true);
+    };
+    ws.on("message", (data, isBinary) => {
+      const frame = FRAMING.decode(client, data, isBinary);
+      if (frame === null) return;
+      if (client.socketId !== null) {
+        onFrame(client, frame);
+        return;
+      }
+      if (frame.event === SIO_CONNECT) {
+        if (CONNECTED_ON_SID) connected(frame.data.sid);
+      } else if (frame.event === SIO_CONNECT_ERROR) {
+        count(totals.unexpectedEvents, `connect-error:${frame.data.message}`);
+        ws.close(1000);
+      } else if (frame.event === "webrtc:connected") {
+        connected(frame.data.socketId);
+      } else {
+        count(totals.unexpectedEvents, `before-connected:${frame.event}`);
+      }
     });
     ws.on("error", (error) => count(totals.socketErrors, error.code || error.message));
     ws.on("close", (code) => {
@@ -354,7 +484,7 @@ function sendCandidate(sender, target) {
   const seq = allocate(sender, target);
   sender.send(
     `${sender.icePrefix(target)}candidate:${seq} 1 udp 2122260223 192.0.2.${(seq % 250) + 1} ` +
-      `${50000 + (seq % 10000)} typ host generation 0 ufrag bnch network-cost 10 ts ${stamp()}"}}`,
+      `${50000 + (seq % 10000)} typ host generation 0 ufrag bnch network-cost 10 ts ${stamp()}${FRAMING.iceTail}`,
   );
 }
 
@@ -362,9 +492,10 @@ function sendDescription(sender, target, kind) {
   const seq = allocate(sender, target);
   const sdp = `v=0\r\no=- ${seq} ${stamp()} IN IP4 127.0.0.1\r\n${SDP_BODY}`;
   sender.send(
-    JSON.stringify({
-      event: `webrtc:${kind}`,
-      data: { callRoomId: sender.room, targetSocketId: target.socketId, [kind]: { type: kind, sdp } },
+    FRAMING.encode(`webrtc:${kind}`, {
+      callRoomId: sender.room,
+      targetSocketId: target.socketId,
+      [kind]: { type: kind, sdp },
     }),
   );
 }
@@ -411,17 +542,9 @@ function onRelay(receiver, data, text, isSdp, now) {
   return true;
 }
 
-function onFrame(client, raw, isBinary) {
+function onFrame(client, frame) {
   const now = performance.now();
   lastFrameAt = now;
-  let frame;
-  try {
-    if (isBinary) throw new Error("binary");
-    frame = JSON.parse(raw);
-  } catch {
-    totals.badFrames += 1;
-    return;
-  }
   const data = frame.data || {};
   switch (frame.event) {
     case "webrtc:ice-candidate":
@@ -455,7 +578,9 @@ function onFrame(client, raw, isBinary) {
 // ---------------------------------------------------------------- setup: joins and negotiation
 
 function onJoined(client, frame, now) {
-  if (frame.id !== client.joinId || client.joined) {
+  // A Socket.IO server that does not acknowledge the join answers with the event alone.
+  const id = frame.id === undefined && FRAMING === SOCKETIO ? client.joinId : frame.id;
+  if (id !== client.joinId || client.joined) {
     count(totals.unexpectedEvents, "room-joined-without-request");
     return;
   }
@@ -482,9 +607,9 @@ function answer(client, offererSocketId) {
 }
 
 function sendJoin(client) {
-  client.joinId = `j${client.index}`;
+  client.joinId = FRAMING.joinId(client);
   client.joinSentAt = performance.now();
-  client.send(JSON.stringify({ event: "webrtc:join-room", data: { callRoomId: client.room }, id: client.joinId }));
+  client.send(FRAMING.encode("webrtc:join-room", { callRoomId: client.room }, client.joinId));
 }
 
 /** Send ``total`` actions open-loop at ``rate`` a second; returns the largest lag (ms)
@@ -595,14 +720,17 @@ async function warmUp() {
       if (!(await connect(client))) fail(`warm-up connection to ${url} failed: ${JSON.stringify(totals)}`);
       client.room = `${ROOM_PREFIX}-warm-${i}`;
       client.ws.removeAllListeners("message");
-      client.ws.on("message", (data) => inbox.get(client).push(JSON.parse(data).event));
+      client.ws.on("message", (data, isBinary) => {
+        const frame = FRAMING.decode(client, data, isBinary);
+        if (frame !== null) inbox.get(client).push(frame.event);
+      });
       sendJoin(client);
       if (!(await waitFor(() => inbox.get(client).includes("webrtc:room-joined"), 10000))) {
         fail(`warm-up join on ${url} failed: ${inbox.get(client)}`);
       }
     }
     const [a, b] = pair;
-    a.send(`${a.icePrefix(b)}candidate:warm-up"}}`);
+    a.send(`${a.icePrefix(b)}candidate:warm-up${FRAMING.iceTail}`);
     if (!(await waitFor(() => inbox.get(b).includes("webrtc:ice-candidate"), 10000))) {
       fail(`warm-up relay on ${url} failed: ${inbox.get(b)}`);
     }

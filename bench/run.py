@@ -13,12 +13,18 @@ After the steady phase, a bisection finds the highest steady rate held: every me
 delivered exactly once to its target, relay p99 under 50 ms, the generator not saturated.
 
 Usage:
-    python -m bench.run [--server daphne|uvicorn|mock] [--processes N] [--scenarios S1,S2,idle]
+    python -m bench.run [--server daphne,uvicorn,mock,ref-node] [--processes N] [--scenarios S1,S2,idle]
+                        [--framing native,socketio] [--ref-node DIR]
                         [--quick] [--no-bisect] [--matrix] [--help for the rest]
 
 ``--matrix`` runs the reference set of docs/benchmarks.md (daphne and uvicorn with one
-process, daphne with two processes and Redis; S1, S2 and idle). Loopback only; every
-process it starts is stopped when it ends, fails or is interrupted.
+process, daphne with two processes and Redis; S1, S2 and idle). ``--framing`` chooses the
+project's endpoint: native (``/ws/calls/``) or Socket.IO (``/socket.io/``), or both.
+``--ref-node DIR`` names a directory holding a Node + Socket.IO implementation of the
+same protocol (``server.js``; its npm dependencies are bench/package.json's), which then
+runs beside the project's servers in the same invocation, on the same core, speaking
+Socket.IO: every configuration's CPU per relay is also printed as a ratio to it. Loopback
+only; every process it starts is stopped when it ends, fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -30,21 +36,34 @@ import math
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.redis_server import RedisServer
-from tests.servers import PROJECT_DIR, SERVER_COMMANDS, Server, prepare_database, server_env, start_servers
+from tests.servers import (
+    PROJECT_DIR,
+    SERVER_COMMANDS,
+    STARTUP_TIMEOUT_SECS,
+    Server,
+    free_port,
+    prepare_database,
+    server_env,
+    start_servers,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 LOADGEN = BENCH_DIR / "loadgen.mjs"
@@ -89,6 +108,32 @@ QUICK = {
     "idle": Scenario("idle", idle_connections=500),
 }
 MATRIX = [("daphne", 1, ["S1", "S2", "idle"]), ("uvicorn", 1, ["S1", "S2", "idle"]), ("daphne", 2, ["S1", "S2"])]
+REF_NODE = "ref-node"  # the Node + Socket.IO implementation that the figures are compared with
+SERVER_KINDS = ["daphne", "uvicorn", "mock", REF_NODE]
+FRAMINGS = ["native", "socketio"]
+# The project's two endpoints; ref-node speaks Socket.IO only, the mock native frames only.
+ENDPOINTS = {"native": "/ws/calls/", "socketio": "/socket.io/?EIO=4&transport=websocket"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """One server configuration of a run: what serves, how many processes, which framing."""
+
+    kind: str
+    processes: int
+    framing: str
+    scenarios: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """The tokens of one invocation: the project's access tokens, and for ref-node the
+    same users' tokens signed with its secret."""
+
+    project: Path
+    ref_node: Path | None = None
+    ref_node_secret: str = ""
+    ref_node_dir: Path | None = None
 
 
 @dataclasses.dataclass
@@ -133,7 +178,7 @@ class Cores:
         note = "; ".join(parts)
         if shared:
             note += f" ({' and '.join(owners[shared[0]])} share one core)"
-        return cls(servers, redis, cpus[-1], note)
+        return cls(list[int | None](servers), redis, cpus[-1], note)
 
 
 def taskset(cpu: int | None) -> list[str]:
@@ -197,12 +242,20 @@ def node() -> str:
 
 
 def ensure_node_deps() -> None:
+    """Install bench/package.json's dependencies (the generator's, and ref-node's) unless
+    every one of them is there at its locked version."""
     node()
-    if not (BENCH_DIR / "node_modules" / "ws").is_dir():
+    wanted = json.loads((BENCH_DIR / "package.json").read_text())["dependencies"]
+    if any(node_package_version(name) != version for name, version in wanted.items()):
         npm = shutil.which("npm")
         if npm is None:
             raise SystemExit("bench: npm is required to install the load generator's dependencies.")
         subprocess.run([npm, "ci", "--prefix", str(BENCH_DIR), "--no-audit", "--no-fund"], check=True, timeout=300)
+
+
+def node_package_version(name: str) -> str | None:
+    manifest = BENCH_DIR / "node_modules" / name / "package.json"
+    return json.loads(manifest.read_text())["version"] if manifest.exists() else None
 
 
 # ---------------------------------------------------------------- database and tokens
@@ -243,6 +296,18 @@ def mint_tokens(env: dict[str, str], count: int, path: Path) -> Path:
     return path
 
 
+def mint_ref_node_tokens(project_tokens: Path, secret: str, path: Path) -> Path:
+    """The same users' tokens for ref-node: HS256 JWTs with their ``user_id``, signed with
+    the ``JWT_SECRET`` that ref-node is started with."""
+    expires = int(time.time()) + int(BENCH_ENV["JWT_ACCESS_TTL_SECS"])
+    claims = [
+        jwt.decode(token, options={"verify_signature": False}) for token in json.loads(project_tokens.read_text())
+    ]
+    tokens = [jwt.encode({"user_id": str(c["user_id"]), "exp": expires}, secret, algorithm="HS256") for c in claims]
+    path.write_text(json.dumps(tokens))
+    return path
+
+
 # ---------------------------------------------------------------- servers
 
 
@@ -250,6 +315,39 @@ def server_command(kind: str, port: int) -> list[str]:
     if kind == "mock":
         return [node(), str(BENCH_DIR / "mock_server.mjs"), "--port", str(port)]
     return SERVER_COMMANDS[kind](port)
+
+
+def start_ref_node(credentials: Credentials, cpu: int | None, workdir: Path) -> Server:
+    """Start ``server.js`` of the ref-node directory on a free port, pinned like a server,
+    with bench/node_modules as its NODE_PATH; wait until it answers ``/stats``."""
+    assert credentials.ref_node_dir is not None
+    script = credentials.ref_node_dir / "server.js"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("VERBOSE", "SIO_POLLING", "NODE_OPTIONS")}
+    env |= {"PORT": str(port), "JWT_SECRET": credentials.ref_node_secret, "NODE_PATH": str(BENCH_DIR / "node_modules")}
+    log_path = workdir / f"{REF_NODE}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*taskset(cpu), node(), str(script)], cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    server = Server(port, process, log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{REF_NODE} exited with {process.returncode}:\n{server.log()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.http}/stats", timeout=2) as response:  # noqa: S310 - loopback
+                if response.status == 200:
+                    pin(process.pid, cpu)
+                    return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise RuntimeError(f"{REF_NODE} did not start within {STARTUP_TIMEOUT_SECS:.0f}s:\n{server.log()[-4000:]}")
+
+
+def endpoint(server: Server, framing: str) -> str:
+    return f"ws://127.0.0.1:{server.port}{ENDPOINTS[framing]}"
 
 
 def start_kind(kind: str, env: dict[str, str], cores: list[int | None], workdir: Path) -> list[Server]:
@@ -298,9 +396,11 @@ def run_generator(
     args: list[str],
     deadline: float,
     options: Options,
+    framing: str = "native",
+    connected_on: str = "event",
 ) -> dict[str, Any]:
-    command = [*taskset(cpu), node(), str(LOADGEN),
-        "--urls", ",".join(s.ws for s in servers), "--tokens", str(tokens),
+    command = [*taskset(cpu), node(), str(LOADGEN), "--framing", framing, "--connected-on", connected_on,
+        "--urls", ",".join(endpoint(s, framing) for s in servers), "--tokens", str(tokens),
         "--pids", ",".join(str(s.process.pid) for s in servers), "--clk-tck", str(CLOCK_TICKS),
         "--deadline", str(round(deadline)), *args]  # fmt: skip
     if redis is not None and redis.process is not None:
@@ -316,8 +416,10 @@ def run_generator(
     return json.loads(lines[-1])
 
 
-def run_one(kind: str, processes: int, scenario: Scenario, options: Options, workdir: Path, tokens: Path) -> dict:
+def run_one(config: Config, scenario: Scenario, options: Options, workdir: Path, credentials: Credentials) -> dict:
     """Start fresh servers (and Redis), run the generator against them, stop everything."""
+    kind, processes = config.kind, config.processes
+    tokens = credentials.ref_node if kind == REF_NODE and credentials.ref_node else credentials.project
     cores = Cores.plan(processes, with_redis=processes > 1)
     bisect = None if scenario.idle_connections else options.bisect
     duration = 0 if scenario.idle_connections else options.duration
@@ -338,12 +440,19 @@ def run_one(kind: str, processes: int, scenario: Scenario, options: Options, wor
                 pin(redis.process.pid, cores.redis)
                 extra["REDIS_URL"] = redis.url
             env = server_env(workdir / "db.sqlite3", **extra)
-            servers = start_kind(kind, env, cores.servers, workdir)
+            if kind == REF_NODE:
+                servers = [start_ref_node(credentials, cores.servers[0], workdir)]
+            else:
+                servers = start_kind(kind, env, cores.servers, workdir)
             for server in servers:
                 stack.callback(server.stop)
             args = loadgen_args(scenario, options, bisect, duration)
             deadline = generator_deadline(scenario, options, bisect, duration)
-            outcome = run_generator(servers, redis, tokens, cores.generator, args, deadline, options)
+            # ref-node sends no webrtc:connected: the Socket.IO CONNECT answer's sid is the socketId.
+            connected_on = "sid" if kind == REF_NODE else "event"
+            outcome = run_generator(
+                servers, redis, tokens, cores.generator, args, deadline, options, config.framing, connected_on
+            )
             ours = sum(process_cpu_secs(s.process.pid) for s in servers) + (outcome.get("generator_cpu_ms") or 0) / 1000
             if redis is not None and redis.process is not None:
                 ours += process_cpu_secs(redis.process.pid)
@@ -372,20 +481,21 @@ def run_one(kind: str, processes: int, scenario: Scenario, options: Options, wor
         # machine, which makes the figures of this run unreliable when it is large.
         report["foreign_cpu_cores"] = round(max(0.0, *foreign), 3)  # below 0: clock-tick rounding
         break
-    return summarize(kind, processes, scenario, cores, report)
+    return summarize(config, scenario, cores, report)
 
 
 STEP_KEYS = ("rate", "held", "sent", "delivered", "relay_p50_ms", "relay_p99_ms", "server_cpu_ms_per_1k",
              "redis_cpu_ms_per_1k", "generator_cpu", "errors", "closes", "servers_quiet")  # fmt: skip
 
 
-def summarize(kind: str, processes: int, scenario: Scenario, cores: Cores, report: dict) -> dict:
+def summarize(config: Config, scenario: Scenario, cores: Cores, report: dict) -> dict:
     connection = report.get("connection") or {}
     row: dict[str, Any] = {
-        "server": kind,
-        "processes": processes,
+        "server": config.kind,
+        "processes": config.processes,
+        "framing": config.framing,
         "scenario": scenario.name,
-        "layer": "redis-pubsub" if processes > 1 else "in-memory",
+        "layer": "redis-pubsub" if config.processes > 1 else "in-memory",
         "cores": cores.note,
         "connections": connection.get("connections"),
         "connect_p50_ms": connection.get("connect_p50_ms"),
@@ -428,6 +538,8 @@ def summarize(kind: str, processes: int, scenario: Scenario, cores: Cores, repor
     totals = report.get("totals") or {}
     row["errors"] = totals.get("errors", {})
     row["closes"] = totals.get("closes", {})
+    row["unexpected_events"] = totals.get("unexpectedEvents", {})
+    row["bad_frames"] = totals.get("badFrames", 0)
     if search:
         held = [s for s in search["steps"] if s["held"]]
         best = max(held, key=lambda s: s["rate"]) if held else None
@@ -507,6 +619,7 @@ def generator_text(row: dict) -> str:
 SCENARIO_COLUMNS = [
     ("server", lambda r: r["server"]),
     ("proc", lambda r: str(r["processes"])),
+    ("framing", lambda r: r.get("framing", "native")),
     ("scen.", lambda r: r["scenario"]),
     ("join p50 / p99 ms", lambda r: pair(r.get("join_p50_ms"), r.get("join_p99_ms"))),
     ("setup relay p50 / p99 ms", lambda r: pair(r.get("setup_relay_p50_ms"), r.get("setup_relay_p99_ms"))),
@@ -525,6 +638,7 @@ SCENARIO_COLUMNS = [
 IDLE_COLUMNS = [
     ("server", lambda r: r["server"]),
     ("proc", lambda r: str(r["processes"])),
+    ("framing", lambda r: r.get("framing", "native")),
     ("idle connections", lambda r: fmt(r["connections"])),
     ("connect p50 / p99 ms", lambda r: pair(r["connect_p50_ms"], r["connect_p99_ms"])),
     ("RSS KB / connection", lambda r: fmt(r["rss_per_connection_kb"])),
@@ -541,12 +655,70 @@ def markdown(columns: list, rows: list[dict]) -> list[str]:
     return lines
 
 
+# The figures compared with ref-node's in the same invocation (row key: ratio key).
+RATIO_FIGURES = {
+    "setup_server_cpu_ms_per_1k": "setup_cpu",
+    "steady_server_cpu_ms_per_1k": "steady_cpu",
+    "held_server_cpu_ms_per_1k": "held_cpu",
+    "rss_per_connection_kb": "rss_per_connection",
+}
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Set ``ratio_to_ref_node`` on every row of a scenario that ref-node ran too: each
+    figure of RATIO_FIGURES divided by ref-node's (CPU of the servers only, without
+    Redis's)."""
+    references = {r["scenario"]: r for r in rows if r["server"] == REF_NODE and not r.get("problem")}
+    for row in rows:
+        reference = references.get(row["scenario"])
+        if reference is None or row.get("problem"):
+            continue
+        ratios = {}
+        for key, name in RATIO_FIGURES.items():
+            ours, theirs = row.get(key), reference.get(key)
+            if ours is not None and theirs:
+                ratios[name] = round(ours / theirs, 2)
+        row["ratio_to_ref_node"] = ratios
+
+
+def ratio_cell(row: dict, key: str) -> str:
+    if row.get(key) is None:
+        return "—"
+    ratio = (row.get("ratio_to_ref_node") or {}).get(RATIO_FIGURES[key])
+    return f"{fmt(row.get(key))} ({'—' if ratio is None else f'{ratio:.2f}x'})"
+
+
+RATIO_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("framing", lambda r: r["framing"]),
+    ("scen.", lambda r: r["scenario"]),
+    ("setup CPU ms / 1k relays (x ref-node)", lambda r: ratio_cell(r, "setup_server_cpu_ms_per_1k")),
+    ("steady CPU ms / 1k (x ref-node)", lambda r: ratio_cell(r, "steady_server_cpu_ms_per_1k")),
+    ("CPU ms / 1k at held rate (x ref-node)", lambda r: ratio_cell(r, "held_server_cpu_ms_per_1k")),
+    ("steady relay p50 / p99 ms", lambda r: pair(r.get("steady_relay_p50_ms"), r.get("steady_relay_p99_ms"))),
+]
+IDLE_RATIO_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("framing", lambda r: r["framing"]),
+    ("RSS KB / connection (x ref-node)", lambda r: ratio_cell(r, "rss_per_connection_kb")),
+]
+
+
 def table(rows: list[dict]) -> str:
     scenario_rows = [r for r in rows if r["scenario"] != "idle"]
     idle_rows = [r for r in rows if r["scenario"] == "idle"]
     lines = markdown(SCENARIO_COLUMNS, scenario_rows) if scenario_rows else []
     if idle_rows:
         lines += ["", *markdown(IDLE_COLUMNS, idle_rows)]
+    compared = [r for r in scenario_rows if "ratio_to_ref_node" in r]
+    if compared:
+        lines += ["", "Compared with ref-node in this run (server CPU; Redis's not included):", ""]
+        lines += markdown(RATIO_COLUMNS, compared)
+    compared = [r for r in idle_rows if "ratio_to_ref_node" in r]
+    if compared:
+        lines += ["", *markdown(IDLE_RATIO_COLUMNS, compared)]
     return "\n".join(lines)
 
 
@@ -577,8 +749,8 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[package] = "missing"
     found["node"] = subprocess.run([node(), "--version"], capture_output=True, text=True, check=False).stdout.strip()
-    ws = BENCH_DIR / "node_modules" / "ws" / "package.json"
-    found["ws"] = json.loads(ws.read_text())["version"] if ws.exists() else "missing"
+    for package in ("ws", "socket.io", "jsonwebtoken"):
+        found[package] = node_package_version(package) or "missing"
     redis = shutil.which("redis-server")
     if redis:
         out = subprocess.run([redis, "--version"], capture_output=True, text=True, check=False).stdout
@@ -604,9 +776,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument(
         "--server",
-        choices=["daphne", "uvicorn", "mock"],
         default="daphne",
-        help="mock: bench/mock_server.mjs, a bare relay in Node, to measure the generator itself",
+        help="comma-separated: daphne, uvicorn, mock, ref-node (default daphne)\n"
+        "mock: bench/mock_server.mjs, a bare relay in Node, to measure the generator itself\n"
+        "ref-node: the implementation of --ref-node alone",
+    )
+    parser.add_argument(
+        "--framing",
+        default="native",
+        help="comma-separated: the project's endpoints to drive, native (/ws/calls/) and socketio\n"
+        "(/socket.io/, Engine.IO v4 / Socket.IO v5 over a websocket); default native.\n"
+        "ref-node always speaks socketio, the mock native",
+    )
+    parser.add_argument(
+        "--ref-node",
+        type=Path,
+        metavar="DIR",
+        help="a directory with server.js, a Node + Socket.IO implementation of the protocol\n"
+        "(PORT, JWT_SECRET; dependencies from bench/package.json): it runs in the same\n"
+        "invocation, and every figure is also given as a ratio to its own",
     )
     parser.add_argument("--processes", type=int, default=1, help="N > 1: N processes sharing a fresh redis-server")
     parser.add_argument("--scenarios", default="S1,S2", help="comma-separated: S1, S2, idle")
@@ -629,7 +817,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: use S1, S2, idle")
+    unknown = set(args.server.split(",")) - set(SERVER_KINDS)
+    if unknown:
+        parser.error(f"unknown server(s) {', '.join(sorted(unknown))}: use {', '.join(SERVER_KINDS)}")
+    unknown = set(args.framing.split(",")) - set(FRAMINGS)
+    if unknown:
+        parser.error(f"unknown framing(s) {', '.join(sorted(unknown))}: use {', '.join(FRAMINGS)}")
+    if args.ref_node is None and (REF_NODE in args.server.split(",")):
+        parser.error("--server ref-node needs --ref-node DIR")
+    if args.ref_node is not None and not (args.ref_node / "server.js").is_file():
+        parser.error(f"--ref-node {args.ref_node}: no server.js there")
     return args
+
+
+def plan_configs(args: argparse.Namespace) -> list[Config]:
+    """The configurations of an invocation, in order; ref-node, when given, last, on the
+    scenarios of all the others."""
+    framings = list(dict.fromkeys(args.framing.split(",")))
+    if args.matrix:
+        kinds = [(kind, n, tuple(names)) for kind, n, names in MATRIX]
+    else:
+        scenarios = tuple(dict.fromkeys(args.scenarios.split(",")))
+        kinds = [(kind, args.processes, scenarios) for kind in dict.fromkeys(args.server.split(","))]
+    configs: list[Config] = []
+    for kind, processes, names in kinds:
+        if kind == REF_NODE:
+            continue
+        for framing in ["native"] if kind == "mock" else framings:
+            configs.append(Config(kind, processes, framing, names))
+    if args.ref_node is not None:
+        names = tuple(dict.fromkeys(n for c in configs for n in c.scenarios)) or tuple(args.scenarios.split(","))
+        configs.append(Config(REF_NODE, 1, "socketio", names))
+    return configs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -647,10 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
         idle_rooms_of=args.idle_rooms_of,
     )
-    if args.matrix:
-        plan = [(kind, n, names) for kind, n, names in MATRIX]
-    else:
-        plan = [(args.server, args.processes, args.scenarios.split(","))]
+    plan = plan_configs(args)
 
     def scenario(name: str) -> Scenario:
         chosen = catalogue[name]
@@ -661,8 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     open_files = raise_open_files_limit()
     ensure_node_deps()
-    needed = max(scenario(name).clients for _, _, names in plan for name in names)
-    needed += 2 * max(n for _, n, _ in plan)  # warm-up clients
+    needed = max(scenario(name).clients for config in plan for name in config.scenarios)
+    needed += 2 * max(config.processes for config in plan)  # warm-up clients
     if needed + 100 > open_files:
         raise SystemExit(f"bench: {needed} connections need more open files than the limit of {open_files}.")
 
@@ -679,18 +895,25 @@ def main(argv: list[str] | None = None) -> int:
         env = server_env(workdir / "db.sqlite3", **BENCH_ENV)
         prepare_database(env)
         tokens = mint_tokens(env, needed, workdir / "tokens.json")
-        for kind, processes, names in plan:
-            for name in names:
+        credentials = Credentials(tokens)
+        if args.ref_node is not None:
+            secret = secrets.token_urlsafe(32)
+            ref_tokens = mint_ref_node_tokens(tokens, secret, workdir / "tokens-ref-node.json")
+            credentials = Credentials(tokens, ref_tokens, secret, args.ref_node.resolve())
+        for config in plan:
+            kind, processes = config.kind, config.processes
+            for name in config.scenarios:
                 chosen = scenario(name)
                 cores = Cores.plan(processes, with_redis=processes > 1)
-                print(f"== {kind}, {processes} process(es), {name} — {cores.note}", flush=True)
+                print(f"== {kind}, {processes} process(es), {config.framing}, {name} — {cores.note}", flush=True)
                 if args.wait_quiet:
                     print(f"   machine load before the run: {wait_for_quiet(args.wait_quiet):.2f} cores", flush=True)
                 try:
-                    row = run_one(kind, processes, chosen, options, workdir, tokens)
+                    row = run_one(config, chosen, options, workdir, credentials)
                 except (RuntimeError, subprocess.SubprocessError) as exc:
-                    print(f"bench: {kind} {processes} {name} failed: {exc}", file=sys.stderr)
-                    row = {"server": kind, "processes": processes, "scenario": name, "problem": str(exc)[:500]}
+                    print(f"bench: {kind} {processes} {config.framing} {name} failed: {exc}", file=sys.stderr)
+                    row = {"server": kind, "processes": processes, "framing": config.framing, "scenario": name,
+                           "problem": str(exc)[:500]}  # fmt: skip
                 rows.append(row)
                 print(f"   {progress(row)}", flush=True)
     except KeyboardInterrupt:
@@ -702,6 +925,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
         if rows:
+            add_ratios(rows)
             print()
             print(table(rows))
             print()
