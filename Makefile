@@ -39,12 +39,15 @@ test: lint
 	scripts/ensure-postgres
 	scripts/ensure-nginx
 	scripts/ensure-chromium
+	# socket.io-client, as tests/js/package-lock.json pins it, for tests/test_socketio.py
+	npm ci --prefix tests/js --no-audit --no-fund
 	node --test tests/js/
 	$(PY) -m pytest
 	CALLS_TEST_DATABASE=postgresql $(PY) -m pytest $(POSTGRES_TESTS)
 
 # The signaling benchmark (docs/benchmarks.md); BENCH_ARGS="--server uvicorn --scenarios S2"
-# runs one configuration instead of the reference set.
+# runs one configuration instead of the reference set; BENCH_ARGS="--matrix --ref-node DIR"
+# runs the reference set beside the Node + Socket.IO implementation in DIR, with ratios to it.
 BENCH_ARGS ?= --matrix
 bench: $(VENV)/.installed-dev
 	scripts/ensure-redis

@@ -12,6 +12,10 @@ The stack (see ``config/asgi.py``) is ``OriginCheck`` → cookies →
 - every authenticated connection's scope says when its authentication ends
   (``AUTH_EXPIRES_AT``): the token's expiry, the ticket's (that of the credential that
   obtained it) or the session's.
+
+``authenticate`` is the one implementation of the credential checks and the address
+throttle: the middleware calls it at the handshake, the Socket.IO endpoint
+(``calls/socketio/``) at its connect packet.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import import_module
 from typing import Any, ParamSpec, TypeVar
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlparse
 
 from channels.db import DatabaseSyncToAsync
 from channels.security.websocket import OriginValidator
@@ -82,7 +87,21 @@ class OriginCheck(OriginValidator):
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         has_origin = any(name == b"origin" for name, _ in scope.get("headers", []))
         scope = dict(scope, **{ORIGIN_STATE: "allowed" if has_origin else "absent"})
+        if scope["type"] == "http":
+            return await self._check_http(scope, receive, send)
         return await super().__call__(scope, receive, send)
+
+    async def _check_http(self, scope: dict, receive: Any, send: Any) -> Any:
+        """The same check for the HTTP requests of a websocket-like transport (Socket.IO's
+        long-polling): Channels' validator takes websockets only. A refusal is a 403."""
+        parsed = None
+        for name, value in scope.get("headers", []):
+            if name == b"origin":  # the last one counts, as in Channels' validator
+                parsed = urlparse(value.decode("latin1"))
+        if self.valid_origin(parsed):
+            return await self.application(scope, receive, send)
+        await send({"type": "http.response.start", "status": 403, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"Origin not allowed"})
 
     def valid_origin(self, parsed_origin: Any) -> bool:
         if parsed_origin is None:
@@ -127,7 +146,7 @@ def user_and_expiry_from_token(raw: str) -> tuple[Any, float | None]:
     inactive users.
     """
     try:
-        token = AccessToken(raw)
+        token = AccessToken(raw)  # type: ignore[arg-type]  # the stubs say Token; it decodes the string
         user = JWTAuthentication().get_user(token)
     except (TokenError, AuthenticationFailed):
         return None, None
@@ -201,11 +220,57 @@ def session_expires_at(session: SessionBase) -> float | None:
     return session.get_expiry_date().timestamp()
 
 
+@dataclass(frozen=True, slots=True)
+class Authentication:
+    """What authenticating a connection found: its active user (``None``: not
+    authenticated), when that authentication ends (a Unix time, or ``None``: never), and
+    whether the client's address was refused for too many failures (close 4429)."""
+
+    user: Any = None
+    expires_at: float | None = None
+    throttled: bool = False
+
+
+def cookie_session(scope: dict, session_store: type[SessionBase]) -> SessionBase | None:
+    """The Django session that the scope's session cookie names, when it may authenticate:
+    only with an allowed ``Origin`` (``OriginCheck``; Channels' ``CookieMiddleware``
+    parsed the cookies)."""
+    if scope.get(ORIGIN_STATE) != "allowed":
+        return None
+    return session_store(scope["cookies"].get(settings.SESSION_COOKIE_NAME))
+
+
+async def authenticate(
+    address: str, credential: tuple[str, str] | None, session: SessionBase | None = None
+) -> Authentication:
+    """Authenticate a connection from ``address``: the credential it presented
+    (``presented_credential``, or a Socket.IO connect packet's auth object), else the
+    session of its cookie (``cookie_session``), under the address throttle. Called once
+    per connection by every transport: a throttled address is refused without trying
+    anything, and a presented credential that fails counts against its address."""
+    throttle = get_throttle()
+    if await _fail_open(throttle.blocked(address), False):
+        return Authentication(throttled=True)
+    user: Any = None
+    expires_at: float | None = None
+    if credential is not None:
+        kind, raw = credential
+        if raw and kind == "ticket":
+            user, expires_at = await user_and_expiry_from_ticket(raw)
+        elif raw:
+            user, expires_at = await in_auth_thread(user_and_expiry_from_token)(raw)
+        if user is None:
+            await _fail_open(throttle.record_failure(address), None)
+    elif session is not None:
+        user, expires_at = await in_auth_thread(user_and_expiry_from_session)(session)
+    return Authentication(user, expires_at) if user is not None else Authentication()
+
+
 class WebsocketAuthMiddleware:
     """Sets ``scope["user"]`` (and ``AUTH_EXPIRES_AT``) from a token, a ticket or, with an
     allowed Origin, the session named by the session cookie (Channels'
     ``CookieMiddleware`` above it parses the cookies); refuses to try at all for an
-    address with too many recent failures.
+    address with too many recent failures (``authenticate``).
 
     The session is read here rather than by Channels' ``SessionMiddleware``, which also
     wraps ``send`` for the connection's whole life to save the session on HTTP responses,
@@ -220,29 +285,14 @@ class WebsocketAuthMiddleware:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         scope = dict(scope)
-        address = client_address(scope)
-        throttle = get_throttle()
-        if await _fail_open(throttle.blocked(address), False):
-            scope[AUTH_THROTTLED] = True
-            scope["user"] = AnonymousUser()
-            return await self.inner(scope, receive, send)
-        user: Any = None
-        expires_at: float | None = None
         credential = presented_credential(scope)
-        if credential is not None:
-            kind, raw = credential
-            if raw and kind == "ticket":
-                user, expires_at = await user_and_expiry_from_ticket(raw)
-            elif raw:
-                user, expires_at = await in_auth_thread(user_and_expiry_from_token)(raw)
-            if user is None:
-                await _fail_open(throttle.record_failure(address), None)
-        elif scope.get(ORIGIN_STATE) == "allowed":
-            session = self.session_store(scope["cookies"].get(settings.SESSION_COOKIE_NAME))
-            user, expires_at = await in_auth_thread(user_and_expiry_from_session)(session)
-        if user is not None:
-            scope["user"] = user
-            scope[AUTH_EXPIRES_AT] = expires_at
+        session = cookie_session(scope, self.session_store) if credential is None else None
+        authentication = await authenticate(client_address(scope), credential, session)
+        if authentication.throttled:
+            scope[AUTH_THROTTLED] = True
+        if authentication.user is not None:
+            scope["user"] = authentication.user
+            scope[AUTH_EXPIRES_AT] = authentication.expires_at
         else:
             scope["user"] = AnonymousUser()
         return await self.inner(scope, receive, send)

@@ -1,7 +1,8 @@
 """The native websocket transport (PROTOCOL.md §1): one JSON object per text frame.
 
-A thin consumer: check the raw frame, parse it with ``calls.protocol``, apply it with
-``calls.services``, send what comes back. It holds no rule of its own.
+A thin consumer: each frame goes to its ``calls.session.SignalingSession`` (limits,
+parsing with ``calls.protocol``, the rules of ``calls.services``), and what comes back is
+sent. It holds no rule of its own.
 """
 
 from __future__ import annotations
@@ -13,20 +14,17 @@ from typing import Any
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
-from django.conf import settings
 
 from accounts.websocket import AUTH_EXPIRES_AT, AUTH_THROTTLED
-from calls import delivery, metrics, protocol, services
-from calls.limits import FrameLimiter, Verdict
-from calls.protocol import NATIVE, CloseCode, ErrorCode, SignalingError
+from calls import delivery, protocol, services
+from calls.protocol import NATIVE
+from calls.session import SignalingSession, open_session, refusal
 
 logger = logging.getLogger("calls")
 
-RATE_LIMITED = "Too many frames; slow down."
-
 
 class CallConsumer(AsyncJsonWebsocketConsumer):
-    caller: services.Caller | None = None
+    session: SignalingSession | None = None
     closing = False  # set once this side closed: nothing more may be sent
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -64,7 +62,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         while True:
             item = await self.mailbox.get()
             async with self.turn:
-                if type(item) is int:
+                if isinstance(item, int):
                     await self.close(code=item)
                 elif not self.closing:
                     await self.send(text_data=item.text(NATIVE))
@@ -87,83 +85,28 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         (4401), or if the client's address failed authentication too often (4429)."""
         await self.accept()
         user = self.scope["user"]
-        if self.scope.get(AUTH_THROTTLED) or not user.is_authenticated:
-            code = CloseCode.FLOODING if self.scope.get(AUTH_THROTTLED) else CloseCode.UNAUTHENTICATED
-            metrics.AUTH_REFUSED.labels(code).inc()
+        code = refusal(user, throttled=bool(self.scope.get(AUTH_THROTTLED)))
+        if code is not None:
             await self.close(code=code)
             return
-        self.limiter = FrameLimiter(rate=settings.CALLS_RATE_LIMIT, burst=settings.CALLS_RATE_BURST)
-        caller = await services.connection_opened(
-            self.mailbox,
-            user_id=str(user.pk),
-            username=user.username,
-            display_name=user.shown_name,
-            auth_expires_at=self.scope.get(AUTH_EXPIRES_AT),
-        )
-        if caller is None:
-            metrics.AUTH_REFUSED.labels(CloseCode.TOO_MANY_CONNECTIONS).inc()
-            logger.info("refused: too many connections userId=%s", user.pk)
-            await self.close(code=CloseCode.TOO_MANY_CONNECTIONS)
+        opened = await open_session(self.mailbox, user, self.scope.get(AUTH_EXPIRES_AT))
+        if isinstance(opened, int):
+            await self.close(code=opened)
             return
-        self.caller = caller
-        await self.send(text_data=services.connected_event(caller).text(NATIVE))
-        logger.info("connect %s", caller.log_context())
+        self.session = opened
+        await self.send(text_data=services.connected_event(opened.caller).text(NATIVE))
+        logger.info("connect %s", opened.caller.log_context())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Called for each client frame; every failure is answered to this client only."""
-        caller = self.caller
-        if caller is None or self.closing:
+        session = self.session
+        if session is None or self.closing:
             return  # unauthenticated, or closed for flooding: no event is handled
-        try:
-            # Checks in the order of PROTOCOL.md §3: frame size and type, rate, content.
-            # Every frame takes a token, so that a flood of bad frames is a flood too.
-            problem = self._frame_problem(text_data)
-            verdict = self.limiter.admit()
-            if verdict is not Verdict.ADMIT:
-                metrics.RATE_LIMITED.inc()
-                if verdict is Verdict.CLOSE:
-                    logger.warning("closing flooding connection %s", caller.log_context())
-                    await self.close(code=CloseCode.FLOODING)
-                    return
-                if verdict is Verdict.DROP:
-                    return
-                problem = problem or SignalingError(ErrorCode.RATE_LIMITED, RATE_LIMITED)
-            if problem is not None:
-                raise problem
-            assert text_data is not None
-            reply = await services.handle_request(caller, protocol.parse_frame(text_data))
-        except SignalingError as error:
-            metrics.ERRORS.labels(error.code.value).inc()
-            unlogged = self.limiter.may_log_error()
-            if unlogged is not None:
-                logger.info(
-                    "signaling error %s event=%.64r room=%s %s (%d more since the last line)",
-                    error.code.value,
-                    error.event,
-                    error.room_id,
-                    caller.log_context(),
-                    unlogged,
-                )
-            reply = protocol.error_event(error)
-        except Exception:
-            metrics.ERRORS.labels(ErrorCode.INTERNAL_ERROR.value).inc()
-            logger.exception("internal error %s", caller.log_context())
-            reply = protocol.error_event(SignalingError(ErrorCode.INTERNAL_ERROR, "The server failed; try again."))
-        if reply is not None:
-            await self.send(text_data=reply.text(NATIVE))
-
-    @staticmethod
-    def _frame_problem(text_data: str | None) -> SignalingError | None:
-        """What is wrong with the raw frame, before any parsing."""
-        if text_data is None:
-            return SignalingError(ErrorCode.INVALID_MESSAGE, "Frames must be text, not binary.")
-        limit = settings.CALLS_MAX_MESSAGE_BYTES
-        # Characters are at most 4 bytes, so only long frames need encoding to measure.
-        if len(text_data) * 4 > limit and len(text_data.encode()) > limit:
-            return SignalingError(
-                ErrorCode.MESSAGE_TOO_LARGE, f"Frames may be at most {limit} bytes.", details={"maxBytes": limit}
-            )
-        return None
+        outcome = await session.handle(text_data, protocol.parse_frame)
+        if isinstance(outcome, int):
+            await self.close(code=outcome)
+        elif outcome is not None:
+            await self.send(text_data=outcome.text(NATIVE))
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close from the server end. Frames still in the mailbox are then dropped:
@@ -174,6 +117,5 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, whoever closed it: leave the room."""
-        if self.caller is not None:
-            await services.connection_closed(self.caller)
-            logger.info("disconnect code=%s %s", code, self.caller.log_context())
+        if self.session is not None:
+            await self.session.closed(f"code={code}")

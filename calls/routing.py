@@ -3,6 +3,7 @@ from typing import Any
 from django.urls import path, re_path
 
 from calls.consumers import CallConsumer
+from calls.socketio.consumers import WebsocketConsumer as SocketIOWebsocketConsumer
 
 
 async def refuse_unknown_path(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -12,4 +13,8 @@ async def refuse_unknown_path(scope: dict[str, Any], receive: Any, send: Any) ->
     await send({"type": "websocket.close"})
 
 
-websocket_urlpatterns = [path("ws/calls/", CallConsumer.as_asgi()), re_path(r"", refuse_unknown_path)]
+websocket_urlpatterns = [
+    path("ws/calls/", CallConsumer.as_asgi()),
+    path("socket.io/", SocketIOWebsocketConsumer.as_asgi()),  # docs/protocol.md §1, compatibility endpoint
+    re_path(r"", refuse_unknown_path),  # type: ignore[arg-type]  # an ASGI app, as Channels routes them
+]

@@ -223,6 +223,10 @@ CALLS_TURN_SECRET = env_str("CALLS_TURN_SECRET") or None
 CALLS_TURN_TTL_SECS = env_int("CALLS_TURN_TTL_SECS", 86400, minimum=60)
 CALLS_TRUSTED_PROXIES = env_list("CALLS_TRUSTED_PROXIES")  # proxies whose X-Forwarded-For counts
 CALLS_SHUTDOWN_TIMEOUT_SECS = env_int("CALLS_SHUTDOWN_TIMEOUT_SECS", 10, minimum=1)
+# The Socket.IO endpoint's Engine.IO heartbeat (calls/socketio/): the server pings every
+# interval and closes a client that has not answered within the timeout (Socket.IO's defaults).
+CALLS_SOCKETIO_PING_INTERVAL_SECS = env_int("CALLS_SOCKETIO_PING_INTERVAL_SECS", 25, minimum=1)
+CALLS_SOCKETIO_PING_TIMEOUT_SECS = env_int("CALLS_SOCKETIO_PING_TIMEOUT_SECS", 20, minimum=1)
 # /metrics is for these addresses, or for anyone presenting CALLS_METRICS_TOKEN as a bearer token.
 CALLS_METRICS_ALLOWED_IPS = env_list("CALLS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
 CALLS_METRICS_TOKEN = env_str("CALLS_METRICS_TOKEN") or None

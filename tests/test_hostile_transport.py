@@ -26,7 +26,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         yield server
 
 
-@pytest.mark.parametrize("path", ["/socket.io/?EIO=4&transport=websocket", "/ws/other/", "/"])
+@pytest.mark.parametrize("path", ["/engine.io/?EIO=4&transport=websocket", "/ws/other/", "/"])
 async def test_an_unknown_websocket_path_is_refused_without_a_traceback(server: Server, path: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
         async with websockets.connect(f"ws://127.0.0.1:{server.port}{path}", open_timeout=RECEIVE_TIMEOUT_SECS):

@@ -31,6 +31,8 @@ OPERATIONAL_SETTINGS = {
     "CALLS_HISTORY_QUEUE_LIMIT": 10_000,
     "CALLS_LOGIN_FAILURES_PER_ADDRESS": 20,
     "CALLS_LOGIN_FAILURES_PER_USERNAME": 10,
+    "CALLS_SOCKETIO_PING_INTERVAL_SECS": 25,  # Socket.IO's own defaults
+    "CALLS_SOCKETIO_PING_TIMEOUT_SECS": 20,
 }
 
 
@@ -92,6 +94,8 @@ def test_each_calls_setting_is_read_from_the_environment(monkeypatch: pytest.Mon
         ("CALLS_TRUSTED_PROXIES", "proxy.internal", "not an IP address"),
         ("CALLS_TRUSTED_PROXIES", "10.0.0.0/8", "not an IP address"),
         ("REDIS_CHANNEL_LAYER", "rabbit", "use one of"),
+        ("CALLS_SOCKETIO_PING_INTERVAL_SECS", "0", "at least 1"),
+        ("CALLS_SOCKETIO_PING_TIMEOUT_SECS", "soon", "not an integer"),
     ],
 )
 def test_a_bad_value_raises_improperly_configured(
