@@ -1,7 +1,7 @@
 """Websocket handshake security: the Origin check and authentication.
 
 The stack (see ``config/asgi.py``) is ``OriginCheck`` → cookies →
-``WebsocketAuthMiddleware`` → router. It follows PROTOCOL.md §2:
+``WebsocketAuthMiddleware`` → router. It follows docs/protocol.md §2:
 
 - a foreign ``Origin`` is refused with HTTP 403;
 - no ``Origin`` (mobile apps, servers, test peers) is allowed, but then only a token

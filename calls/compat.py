@@ -96,7 +96,7 @@ def _releases(versions: dict[str, str]) -> str:
 
 
 def _allow_going_away_close() -> None:
-    """Let daphne close websockets with 1001 (PROTOCOL.md §8: server going away).
+    """Let daphne close websockets with 1001 (docs/protocol.md §8: server going away).
 
     autobahn, under daphne, lets a server close only with 1000 or 3000-4999 and raises
     for 1001, although RFC 6455 §7.4.1 defines 1001 for exactly this; the socket then

@@ -1,4 +1,4 @@
-"""The native websocket transport (PROTOCOL.md §1): one JSON object per text frame.
+"""The native websocket transport (docs/protocol.md §1): one JSON object per text frame.
 
 A thin consumer: each frame goes to its ``calls.session.SignalingSession`` (limits,
 parsing with ``calls.protocol``, the rules of ``calls.services``), and what comes back is

@@ -1,4 +1,4 @@
-"""The ``iceServers`` sent in ``room-joined`` (PROTOCOL.md §4)."""
+"""The ``iceServers`` sent in ``room-joined`` (docs/protocol.md §4)."""
 
 from __future__ import annotations
 

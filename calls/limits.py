@@ -1,4 +1,4 @@
-"""Per-connection flood control (PROTOCOL.md §5 rule 7), independent of any transport.
+"""Per-connection flood control (docs/protocol.md §5 rule 7), independent of any transport.
 
 A token bucket admits ``CALLS_RATE_LIMIT`` frames a second with bursts of
 ``CALLS_RATE_BURST``. Frames beyond it are dropped; the first drop in any second is

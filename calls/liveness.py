@@ -1,4 +1,4 @@
-"""Liveness of server processes sharing presence (PROTOCOL.md §5 rule 4, last clause).
+"""Liveness of server processes sharing presence (docs/protocol.md §5 rule 4, last clause).
 
 Every process renews its lease every ``heartbeat_interval_secs`` (a sixth of
 ``CALLS_PRESENCE_TTL_SECS``, at most a second) and looks for peers whose lease expired.

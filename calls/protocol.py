@@ -1,7 +1,7 @@
-"""The signaling protocol of PROTOCOL.md: event names, client request schemas, error
+"""The signaling protocol of docs/protocol.md: event names, client request schemas, error
 codes and close codes. Nothing else in the code spells an event name or an error code.
 
-Parsing follows the order of PROTOCOL.md §3: frame size and type → (rate limit, done by
+Parsing follows the order of docs/protocol.md §3: frame size and type → (rate limit, done by
 the transport) → JSON object with a string ``event`` and an object ``data`` → known
 event → field rules. Unknown keys are ignored and never relayed: every outgoing payload
 is rebuilt from the declared fields below.
@@ -66,7 +66,7 @@ class LeaveReason(StrEnum):
 
 
 class CloseCode:
-    """Close codes of PROTOCOL.md §8, as plain ints (autobahn refuses int subclasses)."""
+    """Close codes of docs/protocol.md §8, as plain ints (autobahn refuses int subclasses)."""
 
     GOING_AWAY: Final = 1001
     UNAUTHENTICATED: Final = 4401
@@ -119,7 +119,7 @@ def iso_utc(unix_time: float) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Client request schemas (PROTOCOL.md §3)
+# Client request schemas (docs/protocol.md §3)
 # ---------------------------------------------------------------------------
 
 # \Z, not $: "$" also matches before a trailing newline, which would split log lines.

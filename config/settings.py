@@ -199,7 +199,7 @@ else:
     # One process: frames never leave it (calls/delivery.py), the layer is only checked by /readyz.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# Signaling settings: names and defaults are those of PROTOCOL.md §7.
+# Signaling settings: names and defaults are those of docs/protocol.md §7.
 CALLS_MAX_PARTICIPANTS = env_int("CALLS_MAX_PARTICIPANTS", 16, minimum=1)
 CALLS_MAX_MESSAGE_BYTES = env_int("CALLS_MAX_MESSAGE_BYTES", 65536, minimum=1024)
 CALLS_RATE_LIMIT = env_int("CALLS_RATE_LIMIT", 100, minimum=1)

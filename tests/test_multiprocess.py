@@ -1,5 +1,5 @@
 """Tests that several real daphne processes sharing one Redis serve one set of rooms
-(PROTOCOL.md §5 rule 8), and survive a process kill and a Redis restart (rule 4); each
+(docs/protocol.md §5 rule 8), and survive a process kill and a Redis restart (rule 4); each
 on SQLite and on PostgreSQL."""
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ a channel name, so that a resumed connection can take over an id.
 
 Every method is atomic: an implementation must never let two callers interleave inside
 one of them (the in-process store has no ``await`` inside a method; the Redis store runs
-each one as a single Lua script). The rules of PROTOCOL.md §5 rely on that: of n
+each one as a single Lua script). The rules of docs/protocol.md §5 rely on that: of n
 concurrent first joins exactly one creates the room, and capacity is never exceeded.
 
 This module knows nothing of Django, websockets or the wire format.
@@ -29,7 +29,7 @@ class Participant:
     joined_at: str  # ISO 8601 UTC
 
     def wire(self) -> dict[str, str]:
-        """The participant object of PROTOCOL.md §4."""
+        """The participant object of docs/protocol.md §4."""
         return {
             "socketId": self.socket_id,
             "userId": self.user_id,

@@ -1,4 +1,4 @@
-"""Presence in Redis, shared by every server process (PROTOCOL.md §5 rule 8).
+"""Presence in Redis, shared by every server process (docs/protocol.md §5 rule 8).
 
 Each method is one Lua script, so it is atomic across processes: of n concurrent first
 joins exactly one creates the room, and capacity is checked and taken in one step.

@@ -53,7 +53,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     requested_group = (request.metadata or {}).get("groupId")
     me = caller.participant()
     metadata = dict(request.metadata or {})
-    # The server's keys win over the creator's keys of the same name (PROTOCOL.md §4).
+    # The server's keys win over the creator's keys of the same name (docs/protocol.md §4).
     metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
     proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
 

@@ -1,4 +1,4 @@
-"""Tests that the token endpoints and ``/api/auth/me/`` work as PROTOCOL.md §2 says."""
+"""Tests that the token endpoints and ``/api/auth/me/`` work as docs/protocol.md §2 says."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Tests that failed websocket authentications are throttled per client address
-(PROTOCOL.md §2), in memory and in Redis, and that only trusted proxies may name the
+(docs/protocol.md §2), in memory and in Redis, and that only trusted proxies may name the
 client's address."""
 
 from __future__ import annotations

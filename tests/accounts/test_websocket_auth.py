@@ -1,4 +1,4 @@
-"""Tests that websocket handshakes are authenticated as PROTOCOL.md §2 says."""
+"""Tests that websocket handshakes are authenticated as docs/protocol.md §2 says."""
 
 from __future__ import annotations
 

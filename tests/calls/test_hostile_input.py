@@ -105,7 +105,7 @@ def not_json(draw: st.DrawFn) -> tuple[str, Expect]:
 
 @st.composite
 def arbitrary_json(draw: st.DrawFn) -> tuple[str, Expect]:
-    """Any JSON value, classified by the envelope rules of PROTOCOL.md §3."""
+    """Any JSON value, classified by the envelope rules of docs/protocol.md §3."""
     value = draw(
         json_values | st.fixed_dictionaries({"event": json_values, "data": json_values}, optional={"id": json_values})
     )

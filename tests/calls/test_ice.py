@@ -1,4 +1,4 @@
-"""Tests that iceServers carry coturn-style time-limited TURN credentials (PROTOCOL.md §4)."""
+"""Tests that iceServers carry coturn-style time-limited TURN credentials (docs/protocol.md §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests that flooding is limited as PROTOCOL.md §5 rule 7 says, and that the mesh
+"""Tests that flooding is limited as docs/protocol.md §5 rule 7 says, and that the mesh
 burst of a newcomer to a full room still passes."""
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ async def test_excess_frames_are_dropped_with_one_rate_limited_error(
 
 
 async def test_the_rate_is_checked_before_the_content(in_room: InRoom, settings: Any, alice: User, bob: User) -> None:
-    """Tests PROTOCOL.md §3's order: a frame over the rate is answered ``rate-limited``,
+    """Tests docs/protocol.md §3's order: a frame over the rate is answered ``rate-limited``,
     not judged on its content (here: not JSON at all)."""
     settings.CALLS_RATE_BURST = 1  # the join
     settings.CALLS_RATE_LIMIT = 1
@@ -97,7 +97,7 @@ async def test_the_rate_is_checked_before_the_content(in_room: InRoom, settings:
 async def test_a_flooding_connection_is_closed_with_4429(
     in_room: InRoom, settings: Any, alice: User, bob: User
 ) -> None:
-    assert DROPS_BEFORE_CLOSE == 1000  # PROTOCOL.md §5 rule 7
+    assert DROPS_BEFORE_CLOSE == 1000  # docs/protocol.md §5 rule 7
     settings.CALLS_RATE_BURST = 2  # the join, then one relay
     settings.CALLS_RATE_LIMIT = 1
     flooder, other = await in_room("r", alice, bob)
@@ -124,7 +124,7 @@ async def test_a_newcomer_to_a_full_mesh_sends_its_whole_burst(
     connect: ConnectFactory, in_room: InRoom, settings: object
 ) -> None:
     """15 offers and 20 candidates to each of 15 others (315 frames at once) pass the
-    default limits (PROTOCOL.md §5 rule 7)."""
+    default limits (docs/protocol.md §5 rule 7)."""
     users = [await asyncio.to_thread(make_user, f"user{i}") for i in range(16)]
     others = await in_room("mesh", *users[:15])
     newcomer = await connect(users[15])

@@ -1,4 +1,4 @@
-"""Tests that malformed, unknown and oversized frames are answered as PROTOCOL.md §1, §3 and §5 rule 6 say."""
+"""Tests that malformed, unknown and oversized frames are answered as docs/protocol.md §1, §3 and §5 rule 6 say."""
 
 from __future__ import annotations
 

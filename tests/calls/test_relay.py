@@ -1,4 +1,4 @@
-"""Tests that offers, answers and ICE candidates are relayed as PROTOCOL.md §4 and §5 rule 5 say."""
+"""Tests that offers, answers and ICE candidates are relayed as docs/protocol.md §4 and §5 rule 5 say."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ async def test_unknown_keys_nested_in_the_payload_are_never_relayed(
 
 
 async def test_an_answer_relays_no_sdp_mid_or_line_index(in_room: InRoom, alice: User, bob: User) -> None:
-    """Tests that an answer carries only the fields of PROTOCOL.md §4: the others are unknown keys."""
+    """Tests that an answer carries only the fields of docs/protocol.md §4: the others are unknown keys."""
     sender, target = await in_room("r", alice, bob)
 
     await sender.send(

@@ -1,4 +1,4 @@
-"""Tests that joining, switching and leaving rooms follow PROTOCOL.md §4 and §5 rules 1 to 4."""
+"""Tests that joining, switching and leaving rooms follow docs/protocol.md §4 and §5 rules 1 to 4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests that the signaling services apply PROTOCOL.md §5 without any websocket."""
+"""Tests that the signaling services apply docs/protocol.md §5 without any websocket."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ def load_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict:
     return runpy.run_path(str(SETTINGS_FILE))
 
 
-# Settings of this server beyond PROTOCOL.md §7.
+# Settings of this server beyond docs/protocol.md §7.
 OPERATIONAL_SETTINGS = {
     "CALLS_PRESENCE_BACKEND": "calls.presence.memory.InMemoryPresence",
     "CALLS_TRUSTED_PROXIES": [],
