@@ -1,6 +1,7 @@
 """Tests that the shipped deploy/nginx.conf, run by a real nginx in front of two daphne
 processes sharing a real Redis, passes websockets, keeps client addresses apart, keeps
-/metrics private and goes around a stopped process.
+/metrics private, goes around a stopped process, and, with the sticky upstream its
+comments describe, keeps a Socket.IO long-polling session on one process.
 
 nginx runs the file itself: only the lines under its "EDIT" comments (ports, certificate,
 access log) are replaced, and it is included from an http block like Debian's."""
@@ -35,11 +36,13 @@ from cryptography.x509.oid import NameOID
 from websockets.exceptions import ConnectionClosed
 
 from tests.servers import PROJECT_DIR, Server, free_port, prepare_database, server_env, start_daphnes
+from tests.socketio_raw import decode_event, event_packet
 from tests.wsclient import WsClient
 
 SITE_CONF = PROJECT_DIR / "deploy" / "nginx.conf"
 NGINX_ADDRESS = "127.0.0.1"  # nginx listens here, and connects to daphne from here
 OFFENDER, BYSTANDER = "127.0.0.2", "127.0.0.3"  # client source addresses, distinct loopback ones
+POLLER = "127.0.0.4"  # the long-polling Socket.IO client's address
 AUTH_FAILURES_PER_MINUTE = 5
 TIMEOUT_SECS = 10.0
 POLL_SECS = 0.05
@@ -68,9 +71,17 @@ http {{
 """
 
 
-def render_site(upstream_ports: list[int], https_port: int, http_port: int, directory: Path) -> str:
-    """deploy/nginx.conf with its EDIT lines set for this test; fails if one is gone."""
+def render_site(
+    upstream_ports: list[int], https_port: int, http_port: int, directory: Path, *, sticky: bool = False
+) -> str:
+    """deploy/nginx.conf with its EDIT lines set for this test; fails if one is gone.
+
+    ``sticky``: as its comments tell an operator with long-polling Socket.IO clients,
+    with the ``calls_sticky`` upstream uncommented and /socket.io/ pointed at it."""
     first, second = upstream_ports
+    text = SITE_CONF.read_text()
+    if sticky:
+        text = enable_sticky_upstream(text)
     replacements = {
         "server 127.0.0.1:8001 ": f"server 127.0.0.1:{first} ",
         "server 127.0.0.1:8002 ": f"server 127.0.0.1:{second} ",
@@ -82,11 +93,25 @@ def render_site(upstream_ports: list[int], https_port: int, http_port: int, dire
         "/etc/letsencrypt/live/chat.example.com/privkey.pem": str(directory / "key.pem"),
         "/var/log/nginx/calls.access.log": str(directory / "access.log"),
     }
-    text = SITE_CONF.read_text()
+    if sticky:
+        replacements["server 127.0.0.1:8001;"] = f"server 127.0.0.1:{first};"
+        replacements["server 127.0.0.1:8002;"] = f"server 127.0.0.1:{second};"
     for old, new in replacements.items():
         assert text.count(old) == 1, f"deploy/nginx.conf no longer has exactly one {old!r}"
         text = text.replace(old, new)
     return text
+
+
+def enable_sticky_upstream(text: str) -> str:
+    """``text`` with the commented ``upstream calls_sticky`` block uncommented and the
+    /socket.io/ location's proxy_pass pointed at it; fails if either is gone."""
+    block = re.compile(r"^#upstream calls_sticky \{\n(?:#.*\n)*?#\}$", re.MULTILINE)
+    assert len(block.findall(text)) == 1, "deploy/nginx.conf no longer has one commented upstream calls_sticky"
+    text = block.sub(lambda match: re.sub(r"^#", "", match.group(0), flags=re.MULTILINE), text)
+    assert "ip_hash;" in text
+    location = re.compile(r"(location /socket\.io/ \{[^}]*?proxy_pass http://)calls;")
+    assert len(location.findall(text)) == 1, "deploy/nginx.conf's /socket.io/ location no longer proxies to calls"
+    return location.sub(r"\1calls_sticky;", text)
 
 
 def write_certificate(directory: Path) -> None:
@@ -121,14 +146,15 @@ class Nginx:
     http_port: int
 
     @classmethod
-    def start(cls, directory: Path, upstream_ports: list[int]) -> Nginx:
+    def start(cls, directory: Path, upstream_ports: list[int], *, sticky: bool = False) -> Nginx:
         binary = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
         if binary is None:
             raise RuntimeError("nginx is not installed: run scripts/ensure-nginx (make test does).")
         directory.mkdir()
         write_certificate(directory)
         https_port, http_port = free_port(), free_port()
-        (directory / "calls.conf").write_text(render_site(upstream_ports, https_port, http_port, directory))
+        site = render_site(upstream_ports, https_port, http_port, directory, sticky=sticky)
+        (directory / "calls.conf").write_text(site)
         (directory / "nginx.conf").write_text(MAIN_CONF.format(dir=directory))
         process = subprocess.Popen(
             [binary, "-p", f"{directory}/", "-c", str(directory / "nginx.conf"), "-e", str(directory / "error.log"),
@@ -264,6 +290,16 @@ def database_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def proxied(tmp_path: Path, redis_url: str, database_template: Path) -> Iterator[Proxied]:
     """nginx with deploy/nginx.conf in front of two daphne processes on one Redis, with
     nginx's address in CALLS_TRUSTED_PROXIES; all stopped after, whatever happened."""
+    yield from run_proxied(tmp_path, redis_url, database_template, sticky=False)
+
+
+@pytest.fixture
+def proxied_sticky(tmp_path: Path, redis_url: str, database_template: Path) -> Iterator[Proxied]:
+    """``proxied``, with /socket.io/ going to the sticky (ip_hash) upstream."""
+    yield from run_proxied(tmp_path, redis_url, database_template, sticky=True)
+
+
+def run_proxied(tmp_path: Path, redis_url: str, database_template: Path, *, sticky: bool) -> Iterator[Proxied]:
     for path in database_template.parent.glob("db.sqlite3*"):
         shutil.copyfile(path, tmp_path / path.name)
     env = server_env(
@@ -276,7 +312,7 @@ def proxied(tmp_path: Path, redis_url: str, database_template: Path) -> Iterator
     nginx: Nginx | None = None
     try:
         servers = start_daphnes(env, [tmp_path / f"daphne{i}.log" for i in range(2)])
-        nginx = Nginx.start(tmp_path / "nginx", [server.port for server in servers])
+        nginx = Nginx.start(tmp_path / "nginx", [server.port for server in servers], sticky=sticky)
         tls = ssl.create_default_context(cafile=nginx.directory / "cert.pem")
         yield Proxied(servers, nginx, tls)
     finally:
@@ -409,3 +445,124 @@ def wait_for(read: Callable[[], list[str]], done: Callable[[list[str]], bool]) -
         assert time.monotonic() < deadline, "\n".join(lines)
         time.sleep(POLL_SECS)
     return lines
+
+
+class SessionUnknown(Exception):
+    """A polling request was answered 400 "Session ID unknown": it reached a process
+    that does not hold the session."""
+
+
+class ProxiedPolling:
+    """An Engine.IO long-polling session through nginx from ``source``: one HTTPS
+    connection per request, one request at a time (so no GET waits while a POST is
+    sent); pings, none of which come within a test, are answered."""
+
+    def __init__(self, proxied: Proxied, source: str) -> None:
+        self.proxied = proxied
+        self.source = source
+        self.sid = ""
+        self.requests = 0
+        self.received: list[str] = []
+
+    def request(self, method: str, body: str | None = None) -> bytes:
+        """The body of a 200 answer; raises SessionUnknown for an unknown sid."""
+        query = "EIO=4&transport=polling" + (f"&sid={self.sid}" if self.sid else "")
+        connection = http.client.HTTPSConnection(
+            NGINX_ADDRESS,
+            self.proxied.nginx.https_port,
+            timeout=TIMEOUT_SECS,  # a GET with nothing to receive would wait for the 25 s ping
+            source_address=(self.source, 0),
+            context=self.proxied.tls,
+        )
+        try:
+            headers = {"Content-Type": "text/plain;charset=UTF-8"} if body is not None else {}
+            connection.request(method, f"/socket.io/?{query}", body=body, headers=headers)
+            response = connection.getresponse()
+            status, answer = response.status, response.read()
+        finally:
+            connection.close()
+        self.requests += 1
+        if (status, answer) == (400, b'{"code":1,"message":"Session ID unknown"}'):
+            raise SessionUnknown(f"{method} #{self.requests}")
+        assert status == 200, (method, self.requests, status, answer)
+        return answer
+
+    def open(self) -> None:
+        answer = self.request("GET")
+        assert answer.startswith(b"0"), answer
+        self.sid = json.loads(answer[1:])["sid"]
+
+    def post(self, *packets: str) -> None:
+        assert self.request("POST", "\x1e".join(packets)) == b"ok"
+
+    def receive(self) -> str:
+        """The next packet other than a ping or a noop, polling for it as needed."""
+        while not self.received:
+            for packet in self.request("GET").decode().split("\x1e"):
+                if packet == "2":
+                    self.post("3")
+                elif packet != "6":
+                    self.received.append(packet)
+        return self.received.pop(0)
+
+    def event(self, expected: str) -> dict:
+        event, data = decode_event(self.receive())
+        assert event == expected, (event, data)
+        return data
+
+
+def socketio_call(session: ProxiedPolling, token: str, room: str) -> None:
+    """A Socket.IO client's session over long-polling: open, connect, join ``room``,
+    leave it and join it again, then close; at least 10 requests."""
+    session.open()
+    session.post("40" + json.dumps({"token": token}))
+    reply = session.receive()
+    assert reply.startswith('40{"sid"'), reply
+    socket_id = json.loads(reply[2:])["sid"]
+    assert session.event("webrtc:connected")["socketId"] == socket_id
+    for _ in range(2):
+        session.post(event_packet("webrtc:join-room", {"callRoomId": room}))
+        joined = session.event("webrtc:room-joined")
+        assert (joined["callRoomId"], joined["participantCount"]) == (room, 1), joined
+        assert joined["participant"]["socketId"] == socket_id
+        session.post(event_packet("webrtc:leave-room", {"callRoomId": room}))
+        assert session.event("webrtc:room-left") == {"callRoomId": room}
+    session.post("1")  # Engine.IO close
+
+
+def socketio_tries(proxied: Proxied, requests: int) -> list[list[tuple[int, str]]]:
+    """(port, status) tried for every /socket.io/ request, once ``requests`` are logged."""
+    lines = wait_for(
+        proxied.nginx.access_log, lambda lines: sum("/socket.io/ HTTP" in line for line in lines) >= requests
+    )
+    return [upstream_tries(line) for line in lines if "/socket.io/ HTTP" in line]
+
+
+def test_a_long_polling_session_stays_on_one_process_with_the_sticky_upstream(proxied_sticky: Proxied) -> None:
+    """Tests that with the calls_sticky (ip_hash) upstream that the file's comments tell
+    how to enable for /socket.io/, every request of a long-polling Socket.IO session from
+    one address reaches the one daphne (of two) that holds it, and the session works."""
+    session = ProxiedPolling(proxied_sticky, POLLER)
+    socketio_call(session, proxied_sticky.token("alice", source=POLLER), "sticky")
+    assert session.requests >= 10, session.requests
+
+    tries = socketio_tries(proxied_sticky, session.requests)
+    assert len(tries) == session.requests
+    ports = {server.port for server in proxied_sticky.servers}
+    assert all(len(tried) == 1 and tried[0][0] in ports and tried[0][1] == "200" for tried in tries), tries
+    assert len({tried[0][0] for tried in tries}) == 1, tries
+
+
+def test_without_sticky_routing_a_long_polling_session_is_lost(proxied: Proxied) -> None:
+    """Tests that with the shipped least_conn upstream for /socket.io/, the same session
+    breaks: nginx sends one of its requests to the other daphne, which answers 400
+    "Session ID unknown" (so stickiness is what keeps the session above working)."""
+    session = ProxiedPolling(proxied, POLLER)
+    with pytest.raises(SessionUnknown):
+        socketio_call(session, proxied.token("alice", source=POLLER), "sticky")
+
+    tries = socketio_tries(proxied, session.requests)
+    assert len(tries) == session.requests and all(len(tried) == 1 for tried in tries), tries
+    (home, _), (elsewhere, status) = tries[0][0], tries[-1][0]
+    assert (status, elsewhere != home) == ("400", True), tries
+    assert all(tried[0] == (home, "200") for tried in tries[:-1]), tries
