@@ -56,7 +56,9 @@ AUTH_THROTTLED = "calls.auth_throttled"  # True when the address failed too ofte
 # (float), or None when the credential never expires.
 AUTH_EXPIRES_AT = "calls.auth_expires_at"
 
-# The handshake's user lookups (token, ticket, session) run on threads of their own.
+# The lookups that must never wait behind call-history writes run on threads of their
+# own: the handshake's (token, ticket, session), refresh-auth's, the credentials sweep's
+# and a join's group lookup.
 # database_sync_to_async runs every call on asgiref's one thread-sensitive thread, which
 # the call-history writer (calls/history.py) uses too: behind a backlog of history writes
 # (a slow database, the leaves of a thousand participants of a dead process) every
@@ -65,14 +67,14 @@ AUTH_EXPIRES_AT = "calls.auth_expires_at"
 # DatabaseSyncToAsync closes stale ones around each call as database_sync_to_async does.
 # Two threads: a lookup is one or two indexed reads, and more would hold more database
 # connections per process for nothing.
-AUTH_LOOKUP_THREADS = 2
-_auth_lookup_executor = ThreadPoolExecutor(max_workers=AUTH_LOOKUP_THREADS, thread_name_prefix="auth-lookup")
+LOOKUP_THREADS = 2
+_lookup_executor = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="lookup")
 
 
-def in_auth_thread(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
+def in_lookup_thread(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
     """``fn`` (synchronous, may use the database) as a coroutine function that runs it on
-    the handshake's own lookup threads, never behind call-history writes."""
-    return DatabaseSyncToAsync(fn, thread_sensitive=False, executor=_auth_lookup_executor)
+    the lookup threads, never behind call-history writes."""
+    return DatabaseSyncToAsync(fn, thread_sensitive=False, executor=_lookup_executor)
 
 
 class OriginCheck(OriginValidator):
@@ -139,7 +141,7 @@ def presented_credential(scope: dict) -> tuple[str, str] | None:
 def user_and_expiry_from_token(raw: str) -> tuple[Any, float | None]:
     """The active user an access token names and the token's expiry (its ``exp``, a Unix
     time), or ``(None, None)`` for any invalid token. Synchronous (it reads the
-    database): wrap it, e.g. ``await in_auth_thread(user_and_expiry_from_token)(raw)``.
+    database): wrap it, e.g. ``await in_lookup_thread(user_and_expiry_from_token)(raw)``.
 
     simplejwt checks the signature with the configured algorithm only (so ``alg: none``
     fails), the expiry, and that the token is an *access* token; ``get_user`` refuses
@@ -156,7 +158,7 @@ def user_and_expiry_from_token(raw: str) -> tuple[Any, float | None]:
 
 async def user_from_token(raw: str) -> Any:
     """The active user an access token names, or ``None`` for any invalid token."""
-    user, _ = await in_auth_thread(user_and_expiry_from_token)(raw)
+    user, _ = await in_lookup_thread(user_and_expiry_from_token)(raw)
     return user
 
 
@@ -177,7 +179,7 @@ async def user_and_expiry_from_ticket(raw: str) -> tuple[Any, float | None]:
         return None, None
     if ticket.auth_expires_at is not None and ticket.auth_expires_at <= time.time():
         return None, None
-    user = await in_auth_thread(active_user)(ticket.user_id)
+    user = await in_lookup_thread(active_user)(ticket.user_id)
     return (user, ticket.auth_expires_at) if user is not None else (None, None)
 
 
@@ -258,11 +260,11 @@ async def authenticate(
         if raw and kind == "ticket":
             user, expires_at = await user_and_expiry_from_ticket(raw)
         elif raw:
-            user, expires_at = await in_auth_thread(user_and_expiry_from_token)(raw)
+            user, expires_at = await in_lookup_thread(user_and_expiry_from_token)(raw)
         if user is None:
             await _fail_open(throttle.record_failure(address), None)
     elif session is not None:
-        user, expires_at = await in_auth_thread(user_and_expiry_from_session)(session)
+        user, expires_at = await in_lookup_thread(user_and_expiry_from_session)(session)
     return Authentication(user, expires_at) if user is not None else Authentication()
 
 

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterable
 
 from django.contrib.auth import get_user_model
 
-from accounts.websocket import in_auth_thread
+from accounts.websocket import in_lookup_thread
 from calls import delivery, services
 from calls.protocol import CloseCode
 from groups.selectors import memberships_among
@@ -54,7 +54,7 @@ async def sweep(now: float | None = None) -> None:
     if not callers:
         return
     in_groups = {(c.user_id, c.group_id) for c in callers if c.group_id is not None}
-    active, memberships = await in_auth_thread(_still_valid)({c.user_id for c in callers}, in_groups)
+    active, memberships = await in_lookup_thread(_still_valid)({c.user_id for c in callers}, in_groups)
     now = time.time() if now is None else now
     revoked = []
     for caller in callers:

@@ -22,6 +22,7 @@ from tests.frame_schema import check_frame
 from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 from tests.servers import ServerDatabase
+from tests.wsclient import WsClient
 
 PASSWORD = "correct horse battery staple"
 RECEIVE_TIMEOUT_SECS = 2.0  # generous for a loaded CI machine; waits end on the event
@@ -264,3 +265,16 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerD
         yield ServerDatabase("postgresql", tmp_path / "db.sqlite3", server.url(name))
     finally:
         server.drop_database(name)
+
+
+@pytest.fixture
+async def ws_clients() -> AsyncIterator[list[WsClient]]:
+    """Clients of real server processes that a test opens; all closed after it, even
+    when the server closed them already."""
+    opened: list[WsClient] = []
+    yield opened
+    for client in opened:
+        try:
+            await client.close()
+        except Exception:  # noqa: S110 - the server may have closed it, or be gone
+            pass

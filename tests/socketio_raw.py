@@ -28,7 +28,41 @@ def decode_event(packet: str) -> tuple[str, Any]:
     return event, data
 
 
-class RawWebsocket:
+class SocketIOSession:
+    """What both raw clients do on top of their Engine.IO transport: ``send`` a packet,
+    ``receive`` the next one."""
+
+    socket_id = ""
+
+    async def send_packet(self, packet: str) -> None:
+        raise NotImplementedError
+
+    async def next_packet(self) -> str:
+        raise NotImplementedError
+
+    async def connect(self, auth: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Socket.IO CONNECT to "/"; returns ``webrtc:connected``'s data."""
+        await self.send_packet("40" + (json.dumps(auth) if auth is not None else ""))
+        reply = await self.next_packet()
+        assert reply.startswith("40{"), reply
+        self.socket_id = json.loads(reply[2:])["sid"]
+        event, data = decode_event(await self.next_packet())
+        assert event == "webrtc:connected" and data["socketId"] == self.socket_id, (event, data)
+        return data
+
+    async def event(self, expected: str) -> Any:
+        """The next packet, which must be the server event ``expected``; its data."""
+        event, data = decode_event(await self.next_packet())
+        assert event == expected, (event, data)
+        return data
+
+    async def error(self, code: str) -> dict[str, Any]:
+        data = await self.event("webrtc:signaling-error")
+        assert data["error"] == code, data
+        return data
+
+
+class RawWebsocket(SocketIOSession):
     """An Engine.IO websocket. It answers the server's pings unless ``silent``."""
 
     def __init__(self, connection: websockets.ClientConnection, silent: bool) -> None:
@@ -69,27 +103,6 @@ class RawWebsocket:
             return
         raise AssertionError(f"unexpected packet {packet!r}")
 
-    async def connect(self, auth: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Socket.IO CONNECT to "/"; returns ``webrtc:connected``'s data."""
-        await self.send("40" + (json.dumps(auth) if auth is not None else ""))
-        reply = await self.receive()
-        assert reply.startswith("40{"), reply
-        self.socket_id = json.loads(reply[2:])["sid"]
-        event, data = decode_event(await self.receive())
-        assert event == "webrtc:connected" and data["socketId"] == self.socket_id, (event, data)
-        return data
-
-    async def event(self, expected: str) -> Any:
-        """The next packet, which must be the server event ``expected``; its data."""
-        event, data = decode_event(await self.receive())
-        assert event == expected, (event, data)
-        return data
-
-    async def error(self, code: str) -> dict[str, Any]:
-        data = await self.event("webrtc:signaling-error")
-        assert data["error"] == code, data
-        return data
-
     async def closed(self, timeout: float = RECEIVE_TIMEOUT_SECS) -> None:
         """Wait until the server closes the socket (any packets before are skipped)."""
         async with asyncio.timeout(timeout):
@@ -98,6 +111,12 @@ class RawWebsocket:
                     await self.connection.recv()
             except ConnectionClosed:
                 return
+
+    async def send_packet(self, packet: str) -> None:
+        await self.send(packet)
+
+    async def next_packet(self) -> str:
+        return await self.receive()
 
     async def close(self) -> None:
         await self.connection.close()
@@ -128,7 +147,7 @@ def http(
         return HttpAnswer(error.code, error.read(), {k.lower(): v for k, v in error.headers.items()})
 
 
-class RawPolling:
+class RawPolling(SocketIOSession):
     """An Engine.IO long-polling session. ``get`` answers pings, unless ``silent``."""
 
     def __init__(self, port: int, silent: bool = False, headers: dict[str, str] | None = None) -> None:
@@ -168,16 +187,8 @@ class RawPolling:
                     self.received.append(packet)
         return self.received.pop(0)
 
-    async def connect(self, auth: dict[str, Any] | None = None) -> dict[str, Any]:
-        await self.post("40" + (json.dumps(auth) if auth is not None else ""))
-        reply = await self.receive()
-        assert reply.startswith("40{"), reply
-        self.socket_id = json.loads(reply[2:])["sid"]
-        event, data = decode_event(await self.receive())
-        assert event == "webrtc:connected" and data["socketId"] == self.socket_id, (event, data)
-        return data
+    async def send_packet(self, packet: str) -> None:
+        await self.post(packet)
 
-    async def event(self, expected: str) -> Any:
-        event, data = decode_event(await self.receive())
-        assert event == expected, (event, data)
-        return data
+    async def next_packet(self) -> str:
+        return await self.receive()

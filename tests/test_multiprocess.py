@@ -9,7 +9,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,28 +62,18 @@ def cluster(tmp_path: Path, database: ServerDatabase) -> Iterator[Cluster]:
         redis.stop()
 
 
-@pytest.fixture
-async def clients() -> AsyncIterator[list[WsClient]]:
-    """Clients opened by a test through ``connect_to``; all closed after it."""
-    opened: list[WsClient] = []
-    yield opened
-    for client in opened:
-        try:
-            await client.close()
-        except Exception:  # noqa: S110 - the server may be gone already
-            pass
-
-
-async def connect_to(cluster: Cluster, clients: list[WsClient], server: int, user: str) -> WsClient:
+async def connect_to(cluster: Cluster, ws_clients: list[WsClient], server: int, user: str) -> WsClient:
     client = await WsClient.open(cluster.servers[server].ws, cluster.tokens[user])
-    clients.append(client)
+    ws_clients.append(client)
     return client
 
 
-async def test_participants_on_different_processes_signal_each_other(cluster: Cluster, clients: list[WsClient]) -> None:
-    alice = await connect_to(cluster, clients, 0, "alice")
-    bob = await connect_to(cluster, clients, 1, "bob")
-    carol = await connect_to(cluster, clients, 2, "carol")
+async def test_participants_on_different_processes_signal_each_other(
+    cluster: Cluster, ws_clients: list[WsClient]
+) -> None:
+    alice = await connect_to(cluster, ws_clients, 0, "alice")
+    bob = await connect_to(cluster, ws_clients, 1, "bob")
+    carol = await connect_to(cluster, ws_clients, 2, "carol")
     await alice.join("x-room")
     joined = await bob.join("x-room")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id]
@@ -118,9 +108,9 @@ async def test_participants_on_different_processes_signal_each_other(cluster: Cl
 
 
 async def test_concurrent_first_joins_across_processes_make_one_session(
-    cluster: Cluster, clients: list[WsClient]
+    cluster: Cluster, ws_clients: list[WsClient]
 ) -> None:
-    joiners = [await connect_to(cluster, clients, i % 3, USERS[i % 3]) for i in range(9)]
+    joiners = [await connect_to(cluster, ws_clients, i % 3, USERS[i % 3]) for i in range(9)]
     results = await asyncio.gather(*(client.join("race") for client in joiners))
     assert sorted(r["participantCount"] for r in results) == list(range(1, 10))
     assert len({r["metadata"]["createdAt"] for r in results}) == 1
@@ -131,19 +121,21 @@ async def test_concurrent_first_joins_across_processes_make_one_session(
     assert cluster.rows("SELECT count(*) FROM calls_callparticipant WHERE left_at IS NULL") == [(9,)]
 
 
-async def test_one_process_emptying_keeps_the_room(cluster: Cluster, clients: list[WsClient]) -> None:
-    alice, bob = await pair_in_room(cluster, clients, "keep")
+async def test_one_process_emptying_keeps_the_room(cluster: Cluster, ws_clients: list[WsClient]) -> None:
+    alice, bob = await pair_in_room(cluster, ws_clients, "keep")
     await alice.send("webrtc:leave-room", {"callRoomId": "keep"})
     await alice.expect("webrtc:room-left")
     assert (await bob.expect("webrtc:participant-left"))["data"]["reason"] == "left"
-    carol = await connect_to(cluster, clients, 2, "carol")
+    carol = await connect_to(cluster, ws_clients, 2, "carol")
     joined = await carol.join("keep")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [bob.socket_id]
     await cluster.rows_become([(1,)], "SELECT count(*) FROM calls_callroom WHERE room_id = 'keep' AND ended_at IS NULL")
 
 
-async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cluster, clients: list[WsClient]) -> None:
-    alice, doomed = await pair_in_room(cluster, clients, "kill")  # doomed is on process 1
+async def test_a_killed_process_participants_are_lost_within_the_ttl(
+    cluster: Cluster, ws_clients: list[WsClient]
+) -> None:
+    alice, doomed = await pair_in_room(cluster, ws_clients, "kill")  # doomed is on process 1
 
     killed_at = time.monotonic()
     cluster.servers[1].stop(signal.SIGKILL)
@@ -152,7 +144,7 @@ async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cl
     assert left["data"]["participant"]["socketId"] == doomed.socket_id
     assert time.monotonic() - killed_at < PRESENCE_TTL_SECS + LOST_MARGIN_SECS
 
-    carol = await connect_to(cluster, clients, 2, "carol")
+    carol = await connect_to(cluster, ws_clients, 2, "carol")
     joined = await carol.join("kill")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id]
     await cluster.rows_become([(1, "lost")],
@@ -162,10 +154,10 @@ async def test_a_killed_process_participants_are_lost_within_the_ttl(cluster: Cl
     await alice.expect_silence(0.5)  # told once, whichever survivor noticed
 
 
-async def pair_in_room(cluster: Cluster, clients: list[WsClient], room: str) -> tuple[WsClient, WsClient]:
+async def pair_in_room(cluster: Cluster, ws_clients: list[WsClient], room: str) -> tuple[WsClient, WsClient]:
     """alice on process 0 and bob on process 1, both in ``room``."""
-    alice = await connect_to(cluster, clients, 0, "alice")
-    bob = await connect_to(cluster, clients, 1, "bob")
+    alice = await connect_to(cluster, ws_clients, 0, "alice")
+    bob = await connect_to(cluster, ws_clients, 1, "bob")
     await alice.join(room)
     await bob.join(room)
     await alice.expect("webrtc:participant-joined")
@@ -204,21 +196,21 @@ async def bob_or_error(alice: WsClient, bob: WsClient) -> dict | None:
     return None
 
 
-async def test_a_call_keeps_signaling_across_a_redis_restart(cluster: Cluster, clients: list[WsClient]) -> None:
-    alice, bob = await pair_in_room(cluster, clients, "survive")
+async def test_a_call_keeps_signaling_across_a_redis_restart(cluster: Cluster, ws_clients: list[WsClient]) -> None:
+    alice, bob = await pair_in_room(cluster, ws_clients, "survive")
 
     cluster.redis.restart()  # no persistence: every key is gone
 
     await signaling_recovers(alice, bob, "survive")
-    carol = await connect_to(cluster, clients, 2, "carol")
+    carol = await connect_to(cluster, ws_clients, 2, "carol")
     joined = await carol.join("survive")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
 
 
 async def test_an_unreachable_redis_gives_internal_errors_then_signaling_recovers(
-    cluster: Cluster, clients: list[WsClient]
+    cluster: Cluster, ws_clients: list[WsClient]
 ) -> None:
-    alice, bob = await pair_in_room(cluster, clients, "outage")
+    alice, bob = await pair_in_room(cluster, ws_clients, "outage")
 
     cluster.redis.stop()
     await alice.send("webrtc:join-room", {"callRoomId": "elsewhere"}, id="during")
@@ -231,20 +223,20 @@ async def test_an_unreachable_redis_gives_internal_errors_then_signaling_recover
 
     cluster.redis.start()
     await signaling_recovers(alice, bob, "outage")
-    carol = await connect_to(cluster, clients, 2, "carol")
+    carol = await connect_to(cluster, ws_clients, 2, "carol")
     joined = await carol.join("outage")
     assert [p["socketId"] for p in joined["existingParticipants"]] == [alice.socket_id, bob.socket_id]
 
 
 async def test_frames_for_a_stalled_client_on_another_process_are_capped_and_counted(
-    cluster: Cluster, clients: list[WsClient]
+    cluster: Cluster, ws_clients: list[WsClient]
 ) -> None:
     """Tests that a client that stops reading holds at most its mailbox's worth of frames
     sent from another process: the rest are dropped and counted by its process (the
     sender, elsewhere, cannot be told), and it gets all the others, in order, once it
     reads again; both connections keep working."""
-    alice, bob = await pair_in_room(cluster, clients, "stall")
-    carol = await connect_to(cluster, clients, 1, "carol")  # on bob's process, reading
+    alice, bob = await pair_in_room(cluster, ws_clients, "stall")
+    carol = await connect_to(cluster, ws_clients, 1, "carol")  # on bob's process, reading
     await carol.join("stall")
     await alice.expect("webrtc:participant-joined")
     await bob.expect("webrtc:participant-joined")

@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,24 +214,12 @@ def test_socket_io_clients_on_two_processes_relay_through_redis(two_processes: l
     assert_no_traceback(*two_processes)
 
 
-@pytest.fixture
-async def native() -> AsyncIterator[list[WsClient]]:
-    """Native clients a test opens; all closed after it."""
-    opened: list[WsClient] = []
-    yield opened
-    for client in opened:
-        try:
-            await client.close()
-        except Exception:  # noqa: S110 - the server may have closed it
-            pass
-
-
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 async def test_a_client_that_stops_answering_pings_is_closed_and_leaves_its_room(
-    server: Server, tokens: dict[str, str], native: list[WsClient], transport: str
+    server: Server, tokens: dict[str, str], ws_clients: list[WsClient], transport: str
 ) -> None:
     watcher = await WsClient.open(server.ws, tokens["bob"])
-    native.append(watcher)
+    ws_clients.append(watcher)
     await watcher.join(f"silent-{transport}")
     if transport == "websocket":
         silent: RawWebsocket | RawPolling = await RawWebsocket.open(server.port, silent=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts.websocket import in_auth_thread
+from accounts.websocket import in_lookup_thread
 from calls import delivery, history, process
 from calls.ice import ice_servers_for
 from calls.presence.base import Departure, JoinOutcome, JoinStatus, Member, RoomSession
@@ -71,7 +71,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     if requested_group is None:
         outcome = await join(frozenset())
     else:
-        outcome = await join(await in_auth_thread(group_ids_of_user)(user_id=int(caller.user_id)))
+        outcome = await join(await in_lookup_thread(group_ids_of_user)(user_id=int(caller.user_id)))
     if outcome.status is JoinStatus.FORBIDDEN:
         raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
     if outcome.status is JoinStatus.FULL:
