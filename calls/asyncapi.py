@@ -43,6 +43,7 @@ CLIENT_TO_SERVER: tuple[Event, ...] = (
 )
 SERVER_TO_CLIENT: tuple[Event, ...] = (
     Event.CONNECTED,
+    Event.RESUMED,
     Event.ROOM_JOINED,
     Event.ROOM_LEFT,
     Event.PARTICIPANT_JOINED,
@@ -72,6 +73,7 @@ SUMMARIES: dict[tuple[str, Event], str] = {
     ("client", Event.ICE_CANDIDATE): "An ICE candidate for one participant, or for everyone else without a target.",
     ("client", Event.REFRESH_AUTH): "A fresh access token of the same user, extending the connection's authentication.",
     ("server", Event.CONNECTED): "To the new connection, right after a successful connect.",
+    ("server", Event.RESUMED): "After webrtc:connected, to a connection that resumed: then the missed messages.",
     ("server", Event.ROOM_JOINED): "To the joiner: the room, its participants and the ICE servers.",
     ("server", Event.ROOM_LEFT): "To the leaver.",
     ("server", Event.PARTICIPANT_JOINED): "To everyone else in the room.",

@@ -10,22 +10,29 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from accounts.websocket import AUTH_EXPIRES_AT, AUTH_THROTTLED
-from calls import delivery, protocol, services
-from calls.protocol import NATIVE
+from calls import delivery, process, protocol
+from calls.protocol import NATIVE, CloseCode
 from calls.session import SignalingSession, open_session, refusal
 
 logger = logging.getLogger("calls")
 
 
+# What a server reports for a websocket lost without a close frame (RFC 6455 §7.1.5).
+ABNORMAL_CLOSURE = 1006
+
+
 class CallConsumer(AsyncJsonWebsocketConsumer):
     session: SignalingSession | None = None
     closing = False  # set once this side closed: nothing more may be sent
+    close_code: int | None = None  # the code this side closed with
+    ending: asyncio.Task | None = None  # the session's end, once begun
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """Channels' consumer loop, with the connection's mailbox (``calls.delivery``)
@@ -64,6 +71,8 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             async with self.turn:
                 if isinstance(item, int):
                     await self.close(code=item)
+                    if item == CloseCode.GOING_AWAY:
+                        self._end_session("code=1001 from the server", lost=True)
                 elif not self.closing:
                     await self.send(text_data=item.text(NATIVE))
 
@@ -89,12 +98,15 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         if code is not None:
             await self.close(code=code)
             return
-        opened = await open_session(self.mailbox, user, self.scope.get(AUTH_EXPIRES_AT))
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin1"))
+        resume_token = query["resume"][0] if query.get("resume") else None
+        opened = await open_session(self.mailbox, user, self.scope.get(AUTH_EXPIRES_AT), resume_token)
         if isinstance(opened, int):
             await self.close(code=opened)
             return
         self.session = opened
-        await self.send(text_data=services.connected_event(opened.caller).text(NATIVE))
+        for event in opened.greeting:
+            await self.send(text_data=event.text(NATIVE))
         logger.info("connect %s", opened.caller.log_context())
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -113,9 +125,22 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         servers refuse a send after the close (uvicorn raises, killing the consumer
         before it could leave its room)."""
         self.closing = True
+        self.close_code = code if isinstance(code, int) and not isinstance(code, bool) else None
         await super().close(code=code, reason=reason)
 
     async def disconnect(self, code: int) -> None:
-        """Called when the socket closes, whoever closed it: leave the room."""
-        if self.session is not None:
-            await self.session.closed(f"code={code}")
+        """Called when the socket closes, whoever closed it: leave the room, or be parked
+        for a resume when it was lost without a close frame or this side closed it with
+        1001 (docs/protocol.md §5 rule 4)."""
+        self._end_session(f"code={code}", lost=code == ABNORMAL_CLOSURE or self.close_code == CloseCode.GOING_AWAY)
+        if self.ending is not None:
+            await self.ending
+
+    def _end_session(self, how: str, *, lost: bool) -> None:
+        """The session ends, once: it leaves its room or is parked. After a 1001 of its
+        own this side does not wait for the client's close frame (a connection taken over
+        by a resume may be dead), and a task of the process does it, so that the end of
+        this consumer cannot cut it short."""
+        session, self.session = self.session, None
+        if session is not None:
+            self.ending = process.current().spawn(session.closed(how, lost=lost))

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
@@ -30,7 +30,7 @@ from django.conf import settings
 
 from calls import metrics, process
 from calls.layers import DispatchingRedisPubSubChannelLayer
-from calls.presence.base import Forward
+from calls.presence.base import PARKED_INBOX, Forward
 from calls.protocol import Outgoing
 
 logger = logging.getLogger("calls")
@@ -38,6 +38,7 @@ logger = logging.getLogger("calls")
 MAILBOX_CAPACITY = 100  # frames waiting for one connection, as Channels' default channel capacity
 LOCAL_INBOX = "local"  # the inbox name when the channel layer does not span processes
 _DELIVER, _CLOSE = "calls.deliver", "calls.close"  # messages between processes' inboxes
+FENCE = "calls.fence"  # from presence, once a participant of this process is parked
 
 
 class Mailbox:
@@ -47,15 +48,19 @@ class Mailbox:
     Not an ``asyncio.Queue``: that is three deques and an event, ~3 KB for every
     connection, idle or not; this holds a deque only while something waits in it."""
 
-    __slots__ = ("frames", "items", "reader")
+    __slots__ = ("frames", "items", "reader", "sink")
 
     def __init__(self) -> None:
         self.items: deque[Outgoing | int] | None = None
         self.frames = 0
         self.reader: asyncio.Future[None] | None = None  # set while the reader waits
+        self.sink: Callable[[Outgoing], None] | None = None  # once diverted
 
     def put_frame(self, event: Outgoing) -> bool:
         """Queue an event; ``False`` if the connection already has its fill waiting."""
+        if self.sink is not None:
+            self.sink(event)
+            return True
         if self.frames >= MAILBOX_CAPACITY:
             return False
         self.frames += 1
@@ -65,6 +70,27 @@ class Mailbox:
     def put_close(self, code: int) -> None:
         """Queue a request to close the connection; it always goes in."""
         self._put(code)
+
+    def put_back(self, events: Iterable[Outgoing]) -> None:
+        """Put events that were taken but never reached the client back in front."""
+        if self.sink is not None:
+            for event in events:
+                self.sink(event)
+            return
+        events = list(events)
+        self.items = deque([*events, *(self.items or ())])
+        self.frames += len(events)
+
+    def divert(self, sink: Callable[[Outgoing], None]) -> list[Outgoing]:
+        """Its connection is gone but its participant is kept (parked): the frames
+        waiting here are taken out and returned, and from now on each new one goes to
+        ``sink`` (close requests still wait for the reader)."""
+        waiting = [item for item in self.items or () if not isinstance(item, int)]
+        closes = [item for item in self.items or () if isinstance(item, int)]
+        self.items = deque(closes) if closes else None
+        self.frames = 0
+        self.sink = sink
+        return waiting
 
     def _put(self, item: Outgoing | int) -> None:
         if self.items is None:
@@ -91,11 +117,24 @@ class Mailbox:
 async def open_mailbox(socket_id: str, mailbox: Mailbox) -> str:
     """Register a connection's mailbox; returns its address."""
     process.current().mailboxes[socket_id] = mailbox
+    return await address_of(socket_id)
+
+
+async def address_of(socket_id: str) -> str:
+    """The address of this process's connection ``socket_id``."""
     return f"{await _inbox_name()}#{socket_id}"
 
 
-def close_mailbox(socket_id: str) -> None:
-    process.current().mailboxes.pop(socket_id, None)
+def close_mailbox(socket_id: str, mailbox: Mailbox | None = None) -> None:
+    """Unregister a connection's mailbox (only if it is ``mailbox``, when given: a
+    resumed connection may have registered its own under the same id since)."""
+    mailboxes = process.current().mailboxes
+    if mailbox is None or mailboxes.get(socket_id) is mailbox:
+        mailboxes.pop(socket_id, None)
+
+
+def is_local(address: str) -> bool:
+    return address.rpartition("#")[0] == process.current().inbox
 
 
 async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
@@ -110,6 +149,9 @@ async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
             logger.warning("mailbox full, frame refused socketId=%s", socket_id)
     for inbox, socket_ids in remote.items():
         try:
+            if inbox == PARKED_INBOX:  # kept in presence until they resume
+                await process.current().presence.buffer(socket_ids=socket_ids, message=event.buffered())
+                continue
             message = {"type": _DELIVER, "to": socket_ids, "event": event.event, "data": event.encoded_data()}
             await get_channel_layer().send(inbox, message)
         except Exception as exc:  # the layer's backend is unreachable, or the inbox full
@@ -131,14 +173,26 @@ def forward(event: Outgoing) -> Forward | None:
     return Forward(state.inbox, _DELIVER, event.event, event.encoded_data())
 
 
-async def close(addresses: Iterable[str], code: int) -> None:
-    """Ask the transports holding these addresses to close them with ``code``."""
+async def close(addresses: Iterable[str], code: int, *, epoch: int | None = None) -> None:
+    """Ask the transports holding these addresses to close them with ``code`` (with
+    ``epoch``: only a connection whose resume token is of that epoch)."""
     here, remote = _sorted(addresses)
-    for _, mailbox in here:
-        mailbox.put_close(code)
+    for socket_id, mailbox in here:
+        if _of_epoch(socket_id, epoch):
+            mailbox.put_close(code)
     for inbox, socket_ids in remote.items():
+        if inbox == PARKED_INBOX:
+            continue  # nothing to close
         with contextlib.suppress(Exception):
-            await get_channel_layer().send(inbox, {"type": _CLOSE, "to": socket_ids, "code": code})
+            message = {"type": _CLOSE, "to": socket_ids, "code": code, "epoch": epoch}
+            await get_channel_layer().send(inbox, message)
+
+
+def _of_epoch(socket_id: str, epoch: int | None) -> bool:
+    if epoch is None:
+        return True
+    caller = process.current().connections.get(socket_id)
+    return caller is not None and caller.epoch == epoch
 
 
 def _sorted(addresses: Iterable[str]) -> tuple[list[tuple[str, Mailbox]], dict[str, list[str]]]:
@@ -202,6 +256,11 @@ async def _read_inbox(layer: Any, inbox: str) -> None:
 def _take(message: dict[str, Any]) -> None:
     """Put what another process sent into this process's mailboxes: one event for all
     its recipients here, its data kept as the JSON it came as."""
+    if message["type"] == FENCE:
+        from calls.services import resume
+
+        resume.fenced(message["to"], int(message["epoch"]))
+        return
     event = None if message["type"] == _CLOSE else Outgoing(message["event"], None, encoded=message["data"])
     mailboxes = process.current().mailboxes
     for socket_id in message["to"]:
@@ -209,7 +268,8 @@ def _take(message: dict[str, Any]) -> None:
         if mailbox is None:
             continue
         if event is None:
-            mailbox.put_close(message["code"])
+            if _of_epoch(socket_id, message.get("epoch")):
+                mailbox.put_close(message["code"])
         elif not mailbox.put_frame(event):
             # The sender, in another process, cannot be told: count it.
             metrics.DROPPED.inc()

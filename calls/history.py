@@ -185,14 +185,27 @@ def record_leave(*, departure: Departure, reason: LeaveReason, counts: RelayCoun
     CallParticipant.objects.filter(call__session_id=session_id, socket_id=departure.participant.socket_id).update(
         left_at=now, leave_reason=reason.value
     )
-    updates = {
+    CallRoom.objects.filter(session_id=session_id).update(**_relay_updates(counts))
+    if departure.room_emptied:
+        CallRoom.objects.filter(session_id=session_id, ended_at__isnull=True).update(ended_at=now)
+
+
+def record_relays(*, session_id: str, counts: RelayCounts) -> None:
+    """Add a participant's relays so far to its session (it was parked: whichever
+    process resumes it counts from there)."""
+    CallRoom.objects.filter(session_id=session_id).update(**_relay_updates(counts))
+
+
+def record_resume(*, session_id: str, socket_id: str) -> None:
+    CallParticipant.objects.filter(call__session_id=session_id, socket_id=socket_id).update(resumes=F("resumes") + 1)
+
+
+def _relay_updates(counts: RelayCounts) -> dict[str, Any]:
+    return {
         "offers_relayed": F("offers_relayed") + counts.offers,
         "answers_relayed": F("answers_relayed") + counts.answers,
         "candidates_relayed": F("candidates_relayed") + counts.candidates,
     }
-    CallRoom.objects.filter(session_id=session_id).update(**updates)
-    if departure.room_emptied:
-        CallRoom.objects.filter(session_id=session_id, ended_at__isnull=True).update(ended_at=now)
 
 
 def _session_row(session: RoomSession) -> CallRoom:

@@ -4,10 +4,11 @@ Start-up runs once before the first connection is served. Daphne speaks no ASGI
 lifespan protocol, so it happens on the first scope of any kind; under a server that
 does (uvicorn) it happens at lifespan start-up instead.
 
-Shutdown: on SIGTERM, every connection leaves its room (the others are told
-``disconnected``) and is closed with 1001, within ``CALLS_SHUTDOWN_TIMEOUT_SECS``; then
-the server's own SIGTERM handling stops the process. Servers cancel their applications
-on shutdown without a disconnect event, so this cannot be left to the consumers.
+Shutdown: on SIGTERM, every connection is closed with 1001 and its participant parked
+(docs/protocol.md §5 rule 4: the clients resume on another process, and the rooms see
+nothing), within ``CALLS_SHUTDOWN_TIMEOUT_SECS``; then the server's own SIGTERM handling
+stops the process. Servers cancel their applications on shutdown without a disconnect
+event, so this cannot be left to the consumers.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from django.conf import settings
 from calls import credentials, history, liveness, services
 from calls.presence import get_presence
 from calls.presence.base import Presence, PresenceUnavailable
+from calls.services import resume
 
 logger = logging.getLogger("calls")
 
@@ -40,6 +42,7 @@ class ServerLifecycle:
         self._lock: asyncio.Lock | None = None
         self._liveness: asyncio.Task | None = None
         self._sweep: asyncio.Task | None = None
+        self._expiry: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
         self._shut_down = False
 
@@ -65,6 +68,7 @@ class ServerLifecycle:
                 self._liveness = asyncio.create_task(liveness.liveness_loop())
             await close_orphaned_sessions(presence)
             self._sweep = asyncio.create_task(credentials.sweep_loop())
+            self._expiry = asyncio.create_task(resume.expiry_loop())
             if self.handle_signals:
                 self._install_sigterm_handler()
             self.started = True
@@ -81,13 +85,13 @@ class ServerLifecycle:
                 return
 
     async def shutdown(self) -> None:
-        """Leave every room and close every connection of this process, then stop beating.
+        """Close every connection of this process and park its participants, then stop beating.
         Once: under uvicorn, the SIGTERM handler's shutdown is followed by the lifespan's."""
         if self._shut_down:
             return
         self._shut_down = True
         await services.shut_down_connections(settings.CALLS_SHUTDOWN_TIMEOUT_SECS)
-        for task in (self._liveness, self._sweep):
+        for task in (self._liveness, self._sweep, self._expiry):
             if task is not None:
                 task.cancel()
 

@@ -22,6 +22,12 @@ BACKPRESSURE = Counter(
 DROPPED = Counter(
     "calls_dropped_messages", "Messages from other processes dropped for a connection that stopped reading"
 )
+PARKED = Gauge("calls_parked", "Parked participants waiting for a resume, on all processes (from presence)")
+RESUMES = Counter("calls_resumes", "Connections that resumed a parked participant")
+RESUME_FAILED = Counter("calls_resume_failures", "Resume tokens refused")
+RESUME_DROPPED = Counter(
+    "calls_resume_buffer_dropped", "Messages dropped from a parked participant's full buffer, oldest first"
+)
 LOST = Counter("calls_participants_lost", "Participants removed because their process died")
 JOIN_SECONDS = Histogram(
     "calls_join_seconds",

@@ -72,6 +72,7 @@ class CallParticipant(models.Model):
     joined_at = models.DateTimeField()
     left_at = models.DateTimeField(null=True, blank=True)
     leave_reason = models.CharField(max_length=16, choices=LeaveReason.choices, blank=True)
+    resumes = models.PositiveIntegerField(default=0, help_text="Times the connection dropped and resumed")
 
     class Meta:
         ordering = ("joined_at", "id")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from calls.history import HistoryWriter
     from calls.presence.base import Presence
     from calls.services.caller import Caller
+    from calls.services.resume import ParkedHere
 
 JOIN_WINDOW_SECS = 60.0  # CALLS_JOINS_PER_MINUTE
 
@@ -30,6 +31,7 @@ class ProcessState:
     def __init__(self) -> None:
         self.connections: dict[str, Caller] = {}  # the connections this process serves
         self.mailboxes: dict[str, Mailbox] = {}  # …and what waits for each of them
+        self.parked: dict[str, ParkedHere] = {}  # connections it parked, while late messages may come
         self.all_closed: asyncio.Event | None = None  # set while a shutdown waits for the last close
         # This process's inbox on the channel layer, made when a connection first needs
         # it, and whether presence may publish to inboxes itself (calls.delivery.forward).

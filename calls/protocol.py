@@ -35,6 +35,7 @@ class Event(StrEnum):
     REFRESH_AUTH = "webrtc:refresh-auth"
     # server → client (offer, answer and ice-candidate are relayed under their own names)
     CONNECTED = "webrtc:connected"
+    RESUMED = "webrtc:resumed"
     ROOM_JOINED = "webrtc:room-joined"
     ROOM_LEFT = "webrtc:room-left"
     PARTICIPANT_JOINED = "webrtc:participant-joined"
@@ -355,7 +356,14 @@ class ParticipantData(Struct, frozen=True):
 class Connected(Struct, frozen=True):
     socketId: str
     userId: str
+    resumeToken: str
     authExpiresAt: str | None
+
+
+class Resumed(Struct, frozen=True):
+    socketId: str
+    callRoomId: str | None  # None: it was in no room
+    missed: int
 
 
 class RoomJoined(Struct, frozen=True):
@@ -421,6 +429,7 @@ class Ack(Struct, frozen=True):
 
 SERVER_EVENTS: dict[Event, type[Struct]] = {
     Event.CONNECTED: Connected,
+    Event.RESUMED: Resumed,
     Event.ROOM_JOINED: RoomJoined,
     Event.ROOM_LEFT: RoomLeft,
     Event.PARTICIPANT_JOINED: ParticipantJoined,
@@ -470,6 +479,10 @@ class Outgoing:
         if self._encoded is None:
             self._encoded = _encoder.encode(self.data)
         return self._encoded
+
+    def buffered(self) -> tuple[str, bytes]:
+        """The event as presence keeps it for a parked participant."""
+        return self.event, self.encoded_data()
 
     def text(self, wire: Wire) -> str:
         framed = self._framed

@@ -44,21 +44,27 @@ def refusal(user: Any, *, throttled: bool) -> int | None:
     return code
 
 
-async def open_session(mailbox: delivery.Mailbox, user: Any, auth_expires_at: float | None) -> SignalingSession | int:
-    """Called for an authenticated connection: its session, whose caller reads ``mailbox``
-    for what the rules address to it; or 4409 when the user holds too many connections."""
-    caller = await services.connection_opened(
+async def open_session(
+    mailbox: delivery.Mailbox, user: Any, auth_expires_at: float | None, resume_token: str | None = None
+) -> SignalingSession | int:
+    """Called for an authenticated connection (``resume_token``: the one it presents to
+    resume, docs/protocol.md §6): its session, whose caller reads ``mailbox`` for what the
+    rules address to it, and whose ``greeting`` the transport sends first; or 4409 when
+    the user holds too many connections."""
+    opened = await services.connection_opened(
         mailbox,
         user_id=str(user.pk),
         username=user.username,
         display_name=user.shown_name,
         auth_expires_at=auth_expires_at,
+        resume_token=resume_token,
     )
-    if caller is None:
+    if opened is None:
         metrics.AUTH_REFUSED.labels(CloseCode.TOO_MANY_CONNECTIONS).inc()
         logger.info("refused: too many connections userId=%s", user.pk)
         return CloseCode.TOO_MANY_CONNECTIONS
-    return SignalingSession(caller)
+    caller, greeting = opened
+    return SignalingSession(caller, greeting)
 
 
 def frame_problem(text: str | None) -> SignalingError | None:
@@ -78,10 +84,11 @@ class SignalingSession:
     """One open, authenticated connection, whatever its transport: its ``Caller`` and its
     flood control."""
 
-    __slots__ = ("caller", "limiter")
+    __slots__ = ("caller", "greeting", "limiter")
 
-    def __init__(self, caller: services.Caller) -> None:
+    def __init__(self, caller: services.Caller, greeting: list[Outgoing]) -> None:
         self.caller = caller
+        self.greeting = greeting  # webrtc:connected, and a resume's outcome
         self.limiter = FrameLimiter(rate=settings.CALLS_RATE_LIMIT, burst=settings.CALLS_RATE_BURST)
 
     async def handle(self, text: str | None, parse: Parser) -> Outgoing | int | None:
@@ -124,7 +131,8 @@ class SignalingSession:
             logger.exception("internal error %s", caller.log_context())
             return protocol.error_event(SignalingError(ErrorCode.INTERNAL_ERROR, SERVER_FAILED))
 
-    async def closed(self, how: str) -> None:
-        """Called once when the connection has closed, whoever closed it: it leaves its room."""
-        await services.connection_closed(self.caller)
-        logger.info("disconnect %s %s", how, self.caller.log_context())
+    async def closed(self, how: str, *, lost: bool) -> None:
+        """Called once when the connection has closed, whoever closed it: it leaves its
+        room, or, ``lost`` without a close frame, is parked for a resume."""
+        await services.connection_closed(self.caller, lost=lost)
+        logger.info("disconnect %s lost=%s %s", how, lost, self.caller.log_context())

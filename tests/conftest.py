@@ -121,6 +121,7 @@ class Client:
         self.communicator = communicator
         self.socket_id = ""
         self.user_id = ""
+        self.resume_token = ""
 
     async def send(self, event: str, data: Any, id: str | int | None = None) -> None:
         frame: dict[str, Any] = {"event": event, "data": data}
@@ -182,6 +183,10 @@ class Client:
     async def close(self) -> None:
         await self.communicator.disconnect()
 
+    async def drop(self) -> None:
+        """The connection is lost without a close frame (what a server reports as 1006)."""
+        await self.communicator.disconnect(code=1006)
+
 
 ConnectFactory = Callable[..., Any]
 
@@ -215,6 +220,7 @@ async def connect() -> AsyncIterator[ConnectFactory]:
             frame = await client.expect("webrtc:connected")
             client.socket_id = frame["data"]["socketId"]
             client.user_id = frame["data"]["userId"]
+            client.resume_token = frame["data"]["resumeToken"]
         return client
 
     yield _connect

@@ -22,10 +22,18 @@ def event_packet(event: str, data: Any, ack_id: int | None = None) -> str:
 
 
 def decode_event(packet: str) -> tuple[str, Any]:
-    """A server event ``42["event",data]`` as (event, data)."""
-    assert packet.startswith("42["), packet
-    event, data = json.loads(packet[2:])
+    """A server event ``42["event",data,"offset"]`` as (event, data)."""
+    event, data, _ = decode_event_with_offset(packet)
     return event, data
+
+
+def decode_event_with_offset(packet: str) -> tuple[str, Any, str]:
+    """A server event as (event, data, offset): every event the server emits carries its
+    offset as its last argument (docs/protocol.md §6)."""
+    assert packet.startswith("42["), packet
+    event, data, offset = json.loads(packet[2:])
+    assert isinstance(offset, str) and offset.isdigit(), packet
+    return event, data, offset
 
 
 class SocketIOSession:
@@ -33,6 +41,7 @@ class SocketIOSession:
     ``receive`` the next one."""
 
     socket_id = ""
+    pid = ""
 
     async def send_packet(self, packet: str) -> None:
         raise NotImplementedError
@@ -45,7 +54,8 @@ class SocketIOSession:
         await self.send_packet("40" + (json.dumps(auth) if auth is not None else ""))
         reply = await self.next_packet()
         assert reply.startswith("40{"), reply
-        self.socket_id = json.loads(reply[2:])["sid"]
+        connected = json.loads(reply[2:])
+        self.socket_id, self.pid = connected["sid"], connected["pid"]
         event, data = decode_event(await self.next_packet())
         assert event == "webrtc:connected" and data["socketId"] == self.socket_id, (event, data)
         return data

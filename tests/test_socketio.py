@@ -33,6 +33,7 @@ JS_DIR = PROJECT_DIR / "tests" / "js"
 NODE_TIMEOUT_SECS = 120.0
 PING_INTERVAL_SECS = 2  # short, so that a silent client is closed within seconds
 PING_TIMEOUT_SECS = 3
+RESUME_GRACE_SECS = 2
 MAX_CONNECTIONS_PER_USER = 4
 AUTH_FAILURES_PER_MINUTE = 3
 SERVER_SETTINGS = {
@@ -41,6 +42,7 @@ SERVER_SETTINGS = {
     "CALLS_MAX_CONNECTIONS_PER_USER": str(MAX_CONNECTIONS_PER_USER),
     "CALLS_AUTH_FAILURES_PER_MINUTE": str(AUTH_FAILURES_PER_MINUTE),
     "CALLS_JOINS_PER_MINUTE": "1000",
+    "CALLS_RESUME_GRACE_SECS": str(RESUME_GRACE_SECS),
     # The throttle test names its own client address in X-Forwarded-For, so that its
     # failures do not lock the other tests' 127.0.0.1 out.
     "CALLS_TRUSTED_PROXIES": "127.0.0.1",
@@ -235,13 +237,15 @@ async def test_a_client_that_stops_answering_pings_is_closed_and_leaves_its_room
         await silent.post(join)
     assert (await silent.event("webrtc:room-joined"))["participantCount"] == 2
     assert (await watcher.expect("webrtc:participant-joined"))["data"]["participant"]["socketId"] == silent.socket_id
-    # From now on the client reads nothing (polling: no GET) and answers no ping.
-    deadline = PING_INTERVAL_SECS + PING_TIMEOUT_SECS + RECEIVE_TIMEOUT_SECS
+    # From now on the client reads nothing (polling: no GET) and answers no ping: it is
+    # parked for a resume, and leaves when the grace is over.
+    deadline = PING_INTERVAL_SECS + PING_TIMEOUT_SECS + RESUME_GRACE_SECS + RECEIVE_TIMEOUT_SECS
     left = await watcher.expect("webrtc:participant-left", timeout=deadline)
     assert (left["data"]["participant"]["socketId"], left["data"]["reason"]) == (silent.socket_id, "disconnected")
     if isinstance(silent, RawWebsocket):
         await silent.closed()
-    assert f"disconnect reason=ping-timeout socketId={silent.socket_id}" in server.log()
+    assert f"disconnect reason=ping-timeout lost=True socketId={silent.socket_id}" in server.log()
+    assert f"parked room=silent-{transport} socketId={silent.socket_id}" in server.log()
     assert_no_traceback(server)
 
 

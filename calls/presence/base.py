@@ -2,7 +2,10 @@
 
 Which connections are in which room, in join order, with their participant records
 and the channel that currently reaches each one. ``socketId`` is a logical id mapped to
-a channel name, so that a resumed connection can take over an id.
+a channel name, so that a resumed connection can take over an id. A connection lost
+without a close frame is *parked* (docs/protocol.md §6): it keeps its place, its channel
+becomes ``parked#<socketId>``, and what is addressed to it is buffered here, where any
+process can take it over.
 
 Every method is atomic: an implementation must never let two callers interleave inside
 one of them (the in-process store has no ``await`` inside a method; the Redis store runs
@@ -126,6 +129,67 @@ class Forward:
     data: bytes
 
 
+PARKED_INBOX = "parked"  # the inbox part of a parked participant's channel
+
+
+def parked_channel(socket_id: str) -> str:
+    return f"{PARKED_INBOX}#{socket_id}"
+
+
+Buffered = tuple[str, bytes]  # a message kept for a parked participant: its event, its data as JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Parking:
+    """A connection to park: its place is kept until ``grace_secs`` have passed.
+
+    ``pending`` are messages that were addressed to it and not sent (they come first).
+    ``epoch`` is the resume token's: the one the client holds. ``offset`` is the last
+    Socket.IO offset sent. ``fence``: the inbox of the parking process, told
+    ``calls.fence`` once the channel is switched, so that it knows when nothing more
+    routed before the switch can arrive; without one the parking is sealed at once."""
+
+    socket_id: str
+    user_id: str
+    epoch: int
+    offset: int
+    grace_secs: float
+    capacity: int  # CALLS_RESUME_BUFFER
+    pending: tuple[Buffered, ...] = ()
+    fence: str | None = None
+
+
+class ResumeStatus(Enum):
+    RESUMED = "resumed"
+    UNKNOWN = "unknown"  # not parked (never, no more, or someone else resumed it first)
+    FOREIGN = "foreign"  # parked for another user
+    USED = "used"  # a token of another epoch: already used
+    UNSEALED = "unsealed"  # messages routed before the park may still arrive: ask again
+    LIVE = "live"  # not parked but connected: ``channel`` reaches it
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    status: ResumeStatus
+    session: RoomSession | None = None  # the room it is back in, if any
+    participant: Participant | None = None
+    epoch: int = 0
+    offset: int = 0
+    missed: tuple[Buffered, ...] = ()  # in order, at most the buffer's capacity
+    dropped: int = 0  # messages dropped from the buffer, oldest first
+    channel: str | None = None  # LIVE: the channel of the connection that holds the id
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """A parked participant whose grace ended: its room's departure, if it was in one."""
+
+    socket_id: str
+    user_id: str
+    dropped: int
+    departure: Departure | None
+
+
 class PresenceUnavailable(Exception):
     """The store cannot be reached; the operation did not happen."""
 
@@ -212,6 +276,47 @@ class Presence(abc.ABC):
         """Remove the members and connections of processes whose lease expired; each
         departure is returned to exactly one caller, across processes."""
         return []
+
+    # -- parked participants (docs/protocol.md §6) ----------------------------------
+
+    @abc.abstractmethod
+    async def park(self, parking: Parking) -> None:
+        """Park a connection: its channel in its room (if any) and among its user's
+        connections becomes ``parked_channel``; it stops belonging to this process (a
+        dead process's reap leaves it alone); it no longer counts as this process's."""
+
+    @abc.abstractmethod
+    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> None:
+        """Keep a message for parked participants (dropping each one's oldest past its
+        ``Parking.capacity``); ids that are not parked any more are skipped."""
+
+    @abc.abstractmethod
+    async def buffer_late(self, *, socket_id: str, user_id: str, epoch: int, message: Buffered) -> str | None:
+        """A message routed to a parked participant's old channel before the park, that
+        arrived after it: kept before everything buffered since the park, if it is still
+        parked (``None``); else the channel that reaches it now, if it resumed (or
+        ``None`` when it is gone)."""
+
+    @abc.abstractmethod
+    async def seal(self, *, socket_id: str, epoch: int) -> None:
+        """Nothing routed before the park can arrive any more: a resume may take it."""
+
+    @abc.abstractmethod
+    async def resume(
+        self, *, socket_id: str, user_id: str, epoch: int | None, channel_name: str, force: bool
+    ) -> Resumption:
+        """Take a parked participant over for ``channel_name`` (this process's), with
+        everything buffered for it; atomic, so of two resumes one wins. ``epoch`` None:
+        any. ``force``: even if it is not sealed."""
+
+    @abc.abstractmethod
+    async def expire_parked(self) -> list[Expired]:
+        """Remove the parked participants whose grace has ended: each is returned to
+        exactly one caller, across processes, also if the process that parked it died."""
+
+    @abc.abstractmethod
+    async def parked_count(self) -> int:
+        """How many participants are parked, on every process."""
 
     @abc.abstractmethod
     async def route(self, *, room_key: str, sender: str, target: str | None, forward: Forward | None = None) -> Route:

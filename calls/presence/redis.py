@@ -22,6 +22,11 @@ and server V:
   servers           set   V…
   lease:V           string, expires after the lease time
   reaped:V          string, marks a server that was declared dead
+  parked            zset  S → end of its grace in ms (Redis clock): parked participants
+  parked:S          hash  user, room, epoch, offset, cap, sealed, dropped
+  parked:S:early    list  messages routed to S before it was parked that arrived after
+  parked:S:later    list  messages routed to S since (a message: event, newline, data)
+A parked socket belongs to no server: a dead server's reap leaves it to its grace.
 Redis Cluster is not supported: scripts touch keys of several rooms.
 """
 
@@ -44,15 +49,20 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
 from calls.presence.base import (
+    Buffered,
     Departure,
+    Expired,
     Forward,
     JoinOutcome,
     JoinStatus,
     Member,
+    Parking,
     Participant,
     Presence,
     PresenceEvicted,
     PresenceUnavailable,
+    ResumeStatus,
+    Resumption,
     RoomSession,
     Route,
     RouteStatus,
@@ -88,6 +98,26 @@ local function remove(room, sock, server)
   local ids, ps, chs = members_of(room)
   if #ids == 0 then redis.call('DEL', key, order, members, channels) end
   return {session, participant, ids, ps, chs}
+end
+"""
+
+# Keep a message for a parked socket (list ':early' or ':later'), dropping the oldest
+# (early ones first) past its capacity.
+_LUA_KEEP = """
+local function keep(pk, list, item)
+  local cap = redis.call('HGET', pk, 'cap')
+  if not cap then return end
+  redis.call('RPUSH', pk .. list, item)
+  local over = redis.call('LLEN', pk .. ':early') + redis.call('LLEN', pk .. ':later') - tonumber(cap)
+  while over > 0 do
+    if not redis.call('LPOP', pk .. ':early') then redis.call('LPOP', pk .. ':later') end
+    redis.call('HINCRBY', pk, 'dropped', 1)
+    over = over - 1
+  end
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 """
 
@@ -142,7 +172,9 @@ return remove(ARGV[2], ARGV[3], ARGV[4])
 )
 
 # ARGV: prefix, room, sender, target ('' for everyone else)[, inbox, type, event, data: a Forward]
-_ROUTE = """
+_ROUTE = (
+    _LUA_KEEP
+    + """
 local key = ARGV[1] .. 'room:' .. ARGV[2]
 local channels = key .. ':channels'
 if redis.call('EXISTS', key) == 0 then return {'no-room'} end
@@ -166,6 +198,8 @@ for i = 2, #out do
   local inbox, sock = string.match(out[i], '^(.+)#([^#]+)$')
   if inbox == nil or inbox == ARGV[5] then
     mine[#mine + 1] = out[i]
+  elseif inbox == 'parked' then
+    keep(ARGV[1] .. 'parked:' .. sock, ':later', ARGV[7] .. '\\n' .. ARGV[8])
   else
     if others[inbox] == nil then others[inbox] = {}; inboxes[#inboxes + 1] = inbox end
     table.insert(others[inbox], sock)
@@ -176,6 +210,126 @@ for _, inbox in ipairs(inboxes) do
 end
 return mine
 """
+)
+
+# ARGV: prefix, socket, user, epoch, offset, grace ms, capacity, server, fence inbox
+# ('' for none), then the pending messages.
+_PARK = (
+    _LUA_KEEP
+    + """
+local P, sock, user, server, fence = ARGV[1], ARGV[2], ARGV[3], ARGV[8], ARGV[9]
+local channel = 'parked#' .. sock
+local room = redis.call('GET', P .. 'socket:' .. sock)
+if room then redis.call('HSET', P .. 'room:' .. room .. ':channels', sock, channel) else room = '' end
+redis.call('SREM', P .. 'server:' .. server .. ':sockets', sock)
+redis.call('HDEL', P .. 'server:' .. server .. ':conns', sock)
+redis.call('HSET', P .. 'user:' .. user .. ':conns', sock, channel)
+local pk = P .. 'parked:' .. sock
+redis.call('DEL', pk, pk .. ':early', pk .. ':later')
+local sealed = '0'
+if fence == '' then sealed = '1' end
+redis.call('HSET', pk, 'user', user, 'room', room, 'epoch', ARGV[4], 'offset', ARGV[5], 'cap', ARGV[7],
+  'sealed', sealed, 'dropped', 0)
+redis.call('ZADD', P .. 'parked', now_ms() + tonumber(ARGV[6]), sock)
+for i = 10, #ARGV do keep(pk, ':early', ARGV[i]) end
+if fence ~= '' then
+  redis.call('PUBLISH', fence, cmsgpack.pack({type = 'calls.fence', to = {sock}, epoch = ARGV[4]}))
+end
+return 1
+"""
+)
+
+# ARGV: prefix, message, then the sockets
+_BUFFER = (
+    _LUA_KEEP
+    + """
+for i = 3, #ARGV do keep(ARGV[1] .. 'parked:' .. ARGV[i], ':later', ARGV[2]) end
+return 1
+"""
+)
+
+# ARGV: prefix, socket, user, epoch, message. Returns false if kept, else the channel
+# that reaches the socket now (false too if there is none).
+_BUFFER_LATE = (
+    _LUA_KEEP
+    + """
+local P, sock = ARGV[1], ARGV[2]
+local pk = P .. 'parked:' .. sock
+local epoch = redis.call('HGET', pk, 'epoch')
+if epoch == ARGV[4] then
+  keep(pk, ':early', ARGV[5])
+  return false
+end
+if epoch then return false end
+local live = redis.call('HGET', P .. 'user:' .. ARGV[3] .. ':conns', sock)
+if live and live ~= 'parked#' .. sock then return live end
+return false
+"""
+)
+
+# ARGV: prefix, socket, epoch
+_SEAL = """
+local pk = ARGV[1] .. 'parked:' .. ARGV[2]
+if redis.call('HGET', pk, 'epoch') == ARGV[3] then redis.call('HSET', pk, 'sealed', '1') end
+return 1
+"""
+
+# ARGV: prefix, socket, user, epoch ('' for any), channel, server, force ('1' or '0')
+_RESUME = """
+local P, sock, user, channel, server = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local pk = P .. 'parked:' .. sock
+local rec = redis.call('HMGET', pk, 'user', 'room', 'epoch', 'offset', 'sealed', 'dropped')
+if not rec[1] then
+  local live = redis.call('HGET', P .. 'user:' .. user .. ':conns', sock)
+  if live and live ~= 'parked#' .. sock then return {'live', live} end
+  return {'unknown'}
+end
+if rec[1] ~= user then return {'foreign'} end
+if ARGV[4] ~= '' and rec[3] ~= ARGV[4] then return {'used'} end
+if rec[5] ~= '1' and ARGV[7] ~= '1' then return {'unsealed'} end
+redis.call('ZREM', P .. 'parked', sock)
+local early = redis.call('LRANGE', pk .. ':early', 0, -1)
+local later = redis.call('LRANGE', pk .. ':later', 0, -1)
+redis.call('DEL', pk, pk .. ':early', pk .. ':later')
+local session, participant = '', ''
+local room = P .. 'room:' .. rec[2]
+if rec[2] ~= '' and redis.call('HEXISTS', room .. ':channels', sock) == 1 then
+  redis.call('HSET', room .. ':channels', sock, channel)
+  redis.call('SADD', P .. 'server:' .. server .. ':sockets', sock)
+  session = redis.call('HGET', room, 'session')
+  participant = redis.call('HGET', room .. ':members', sock)
+end
+redis.call('HSET', P .. 'user:' .. user .. ':conns', sock, channel)
+redis.call('HSET', P .. 'server:' .. server .. ':conns', sock, user)
+local out = {'resumed', session, participant, rec[3], rec[4], rec[6]}
+for _, m in ipairs(early) do out[#out + 1] = m end
+for _, m in ipairs(later) do out[#out + 1] = m end
+return out
+"""
+
+# ARGV: prefix, at most this many. Returns {socket, user, dropped, departure or false}…
+_EXPIRE_PARKED = (
+    _LUA_HELPERS
+    + _LUA_KEEP
+    + """
+local out = {}
+for _, sock in ipairs(redis.call('ZRANGEBYSCORE', P .. 'parked', '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[2]))) do
+  redis.call('ZREM', P .. 'parked', sock)
+  local pk = P .. 'parked:' .. sock
+  local rec = redis.call('HMGET', pk, 'user', 'room', 'dropped')
+  redis.call('DEL', pk, pk .. ':early', pk .. ':later')
+  local user = rec[1] or ''
+  if user ~= '' then redis.call('HDEL', P .. 'user:' .. user .. ':conns', sock) end
+  local departure = false
+  if rec[2] and rec[2] ~= '' and redis.call('GET', P .. 'socket:' .. sock) == rec[2] then
+    departure = remove(rec[2], sock, '')
+  end
+  out[#out + 1] = {sock, user, rec[3] or '0', departure}
+end
+return out
+"""
+)
+EXPIRED_PER_CALL = 100
 
 # ARGV: prefix, server, lease ms. Returns -1 if this server was declared dead, 1 if
 # Redis did not know it (first beat, or Redis lost its data), else 0.
@@ -409,6 +563,12 @@ class RedisPresence(Presence):
         self._restore = self.redis.register_script(_RESTORE)
         self._open_connection = self.redis.register_script(_OPEN_CONNECTION)
         self._close_connection = self.redis.register_script(_CLOSE_CONNECTION)
+        self._park = self.redis.register_script(_PARK)
+        self._buffer = self.redis.register_script(_BUFFER)
+        self._buffer_late = self.redis.register_script(_BUFFER_LATE)
+        self._seal = self.redis.register_script(_SEAL)
+        self._resume = self.redis.register_script(_RESUME)
+        self._expire_parked = self.redis.register_script(_EXPIRE_PARKED)
 
     @_unavailable_on_redis_error
     async def open_connection(self, *, user_id: str, socket_id: str, channel_name: str, limit: int) -> bool:
@@ -590,6 +750,81 @@ class RedisPresence(Presence):
             departures.extend(_departure_from(d) for d in reply or [])
         return departures
 
+    @_unavailable_on_redis_error
+    async def park(self, parking: Parking) -> None:
+        socket_id = parking.socket_id
+        self._held.pop(socket_id, None)
+        self._connections.pop(socket_id, None)
+        args: list[str | int | bytes] = [
+            PREFIX,
+            socket_id,
+            parking.user_id,
+            parking.epoch,
+            parking.offset,
+            int(parking.grace_secs * 1000),
+            parking.capacity,
+            self.server_id,
+            parking.fence or "",
+        ]
+        await self._park(args=args + [_buffered(m) for m in parking.pending])
+
+    @_unavailable_on_redis_error
+    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> None:
+        await self._buffer(args=[PREFIX, _buffered(message), *socket_ids])
+
+    @_unavailable_on_redis_error
+    async def buffer_late(self, *, socket_id: str, user_id: str, epoch: int, message: Buffered) -> str | None:
+        channel = await self._buffer_late(args=[PREFIX, socket_id, user_id, epoch, _buffered(message)])
+        return _text(channel) if channel else None
+
+    @_unavailable_on_redis_error
+    async def seal(self, *, socket_id: str, epoch: int) -> None:
+        await self._seal(args=[PREFIX, socket_id, epoch])
+
+    @_unavailable_on_redis_error
+    async def resume(
+        self, *, socket_id: str, user_id: str, epoch: int | None, channel_name: str, force: bool
+    ) -> Resumption:
+        if not self._registered:
+            await self.heartbeat()  # hold a lease before owning it, or a peer could reap it
+        args = [PREFIX, socket_id, user_id, "" if epoch is None else epoch, channel_name, self.server_id, int(force)]
+        reply = await self._resume(args=args)
+        status = ResumeStatus(_text(reply[0]))
+        if status is ResumeStatus.LIVE:
+            return Resumption(status, channel=_text(reply[1]))
+        if status is not ResumeStatus.RESUMED:
+            return Resumption(status)
+        _, session_raw, participant_raw, epoch_raw, offset, dropped, *missed = reply
+        session = _session_from(session_raw) if session_raw else None
+        participant = _participant_from(participant_raw) if participant_raw else None
+        if session is not None and participant is not None:
+            self._held[socket_id] = _Held(session, Member(participant, channel_name))
+        self._connections[socket_id] = (user_id, channel_name)
+        return Resumption(
+            status,
+            session,
+            participant,
+            int(epoch_raw),
+            int(offset),
+            tuple(_unbuffered(m) for m in missed),
+            int(dropped),
+        )
+
+    @_unavailable_on_redis_error
+    async def expire_parked(self) -> list[Expired]:
+        expired: list[Expired] = []
+        while True:
+            reply = await self._expire_parked(args=[PREFIX, EXPIRED_PER_CALL])
+            for socket_id, user_id, dropped, departure in reply:
+                gone = _departure_from(departure) if departure else None
+                expired.append(Expired(_text(socket_id), _text(user_id), int(dropped), gone))
+            if len(reply) < EXPIRED_PER_CALL:
+                return expired
+
+    @_unavailable_on_redis_error
+    async def parked_count(self) -> int:
+        return int(await self.redis.zcard(f"{PREFIX}parked"))
+
     def held_channels(self) -> list[str]:
         """Every connection this process counted, in a room or not."""
         channels = {held.member.channel_name for held in self._held.values()}
@@ -597,6 +832,17 @@ class RedisPresence(Presence):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+def _buffered(message: Buffered) -> bytes:
+    """A buffered message as one list item: its event, a newline, its data."""
+    event, data = message
+    return event.encode() + b"\n" + data
+
+
+def _unbuffered(item: bytes) -> Buffered:
+    event, _, data = item.partition(b"\n")
+    return event.decode(), data
 
 
 def _joined_at_score(participant: Participant) -> int:

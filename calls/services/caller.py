@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from calls.history import RelayCounts
-from calls.presence.base import Participant
+from calls.presence.base import Participant, RoomSession
 from calls.protocol import ParticipantData, utc_now_iso
+
+if TYPE_CHECKING:
+    from calls.delivery import Mailbox
 
 
 def new_socket_id() -> str:
@@ -31,9 +35,28 @@ class Caller:
     room_id: str | None = None
     room_key: str | None = None
     group_id: str | None = None
+    session_id: str | None = None  # the room's live session (its history row)
     # When the credential the connection presented expires (a Unix time), if ever: the
     # credentials sweep (calls/credentials.py) closes it then, unless refreshed.
     auth_expires_at: float | None = None
+    mailbox: Mailbox | None = None  # what the rules address to it waits here
+    # Resume (docs/protocol.md §6): the epoch of the resume token it was given (each
+    # resume gives the next), the last Socket.IO offset sent to it, and whether it is
+    # parked (its connection is gone; its place is kept for a resume).
+    epoch: int = 0
+    offset: int = 0
+    parked: bool = False
+
+    def next_offset(self) -> str:
+        self.offset += 1
+        return str(self.offset)
+
+    def enter(self, session: RoomSession) -> None:
+        self.room_id, self.room_key = session.room_id, session.key
+        self.group_id, self.session_id = session.group_id, session.session_id
+
+    def exit(self) -> None:
+        self.room_id = self.room_key = self.group_id = self.session_id = None
 
     def participant(self) -> Participant:
         return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())

@@ -1,5 +1,5 @@
-"""Connections: opened, authenticated again, closed, lost with their process, and all
-closed at shutdown (docs/protocol.md §2 and §5 rule 4)."""
+"""Connections: opened (or resumed), authenticated again, closed (or parked), lost with
+their process, and all closed at shutdown (docs/protocol.md §2, §5 rule 4 and §6)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from calls.protocol import (
     SignalingError,
     iso_utc,
 )
+from calls.services import resume
 from calls.services.caller import Caller, new_socket_id
 from calls.services.rooms import announce_departure, leave_current_room, persist
 
@@ -47,10 +48,31 @@ async def connection_opened(
     username: str,
     display_name: str,
     auth_expires_at: float | None = None,
-) -> Caller | None:
+    resume_token: str | None = None,
+) -> tuple[Caller, list[Outgoing]] | None:
     """A transport accepted an authenticated connection; it reads ``mailbox`` for what
-    the rules address to it (frames, and close codes). ``None`` if the user already
-    holds ``CALLS_MAX_CONNECTIONS_PER_USER`` connections on all processes (close 4409)."""
+    the rules address to it (frames, and close codes). Returns its caller and what to
+    send it first (``webrtc:connected``, then, for a resume, ``webrtc:resumed`` and the
+    missed messages, or the ``resume-failed`` error); ``None`` if the user already holds
+    ``CALLS_MAX_CONNECTIONS_PER_USER`` connections on all processes (close 4409)."""
+    greeting: list[Outgoing] = []
+    if resume_token is not None:
+        taken = await resume.take_over(resume_token, user_id=user_id, mailbox=mailbox)
+        if taken is not None:
+            socket_id, resumption = taken
+            caller = Caller(
+                socket_id,
+                await delivery.address_of(socket_id),
+                user_id,
+                username,
+                display_name,
+                auth_expires_at=auth_expires_at,
+                mailbox=mailbox,
+            )
+            greeting = resume.resumed(caller, resumption)
+            process.current().connections[socket_id] = caller
+            return caller, [connected_event(caller), *greeting]
+        greeting = [resume.refused()]
     socket_id = new_socket_id()
     channel_name = await delivery.open_mailbox(socket_id, mailbox)
     try:
@@ -66,9 +88,11 @@ async def connection_opened(
     if not counted:
         delivery.close_mailbox(socket_id)
         return None
-    caller = Caller(socket_id, channel_name, user_id, username, display_name, auth_expires_at=auth_expires_at)
+    caller = Caller(
+        socket_id, channel_name, user_id, username, display_name, auth_expires_at=auth_expires_at, mailbox=mailbox
+    )
     process.current().connections[socket_id] = caller
-    return caller
+    return caller, [connected_event(caller), *greeting]
 
 
 def connected_event(caller: Caller) -> Outgoing:
@@ -79,6 +103,7 @@ def connected_event(caller: Caller) -> Outgoing:
         Connected(
             socketId=caller.socket_id,
             userId=caller.user_id,
+            resumeToken=resume.resume_token(caller),
             authExpiresAt=iso_utc(expires) if expires is not None else None,
         ),
     )
@@ -97,21 +122,44 @@ async def refresh_auth(caller: Caller, request: RefreshAuth) -> None:
     caller.auth_expires_at = expires_at
 
 
-async def connection_closed(caller: Caller, reason: LeaveReason = LeaveReason.DISCONNECTED) -> None:
-    """Rule 4: a closed connection leaves its room. If presence is unreachable, the
-    leave is retried in the background until it is, so that no ghost stays behind."""
-    delivery.close_mailbox(caller.socket_id)
-    if (
-        (state := process.current()).connections.pop(caller.socket_id, None) is not None
-        and not state.connections
-        and state.all_closed is not None
-    ):
+async def connection_closed(caller: Caller, *, lost: bool = False) -> None:
+    """Rule 4: a connection its client closed leaves its room at once; one ``lost``
+    without a close frame (or closed by this process as it stops) is parked for a resume
+    (§6). If presence is unreachable, the leave is retried in the background until it
+    is, so that no ghost stays behind."""
+    state = process.current()
+    if state.connections.pop(caller.socket_id, None) is not None and not state.connections and state.all_closed:
         state.all_closed.set()
+    if caller.parked:
+        return  # parked already, by the shutdown
+    if (lost or state.all_closed is not None) and settings.CALLS_RESUME_GRACE_SECS > 0:
+        try:
+            await resume.park(caller)
+            return
+        except PresenceUnavailable as exc:
+            logger.warning("not parked, presence unavailable: %s %s", exc, caller.log_context())
+    delivery.close_mailbox(caller.socket_id, caller.mailbox)
+    reason = LeaveReason.DISCONNECTED
     try:
         await _release(caller, reason)
     except PresenceUnavailable as exc:
         logger.warning("leave deferred, presence unavailable: %s %s", exc, caller.log_context())
         process.current().spawn(_retry_release(caller, reason))
+
+
+async def _park_or_release(caller: Caller) -> None:
+    if caller.parked:
+        return
+    if settings.CALLS_RESUME_GRACE_SECS > 0:
+        try:
+            await resume.park(caller)
+            return
+        except PresenceUnavailable as exc:
+            logger.warning("not parked at shutdown, presence unavailable: %s %s", exc, caller.log_context())
+    try:
+        await _release(caller, LeaveReason.DISCONNECTED)
+    except PresenceUnavailable as exc:
+        logger.warning("shutdown without leaving the room, presence unavailable: %s %s", exc, caller.log_context())
 
 
 async def _release(caller: Caller, reason: LeaveReason) -> None:
@@ -159,8 +207,9 @@ async def participant_lost(departure: Departure) -> None:
 
 async def shut_down_connections(timeout_secs: float) -> None:
     """Graceful shutdown, within ``timeout_secs``: every connection of this process is
-    closed with 1001 first (nothing slow comes before it), then leaves its room (the
-    others are told ``disconnected``), and the history writes are drained last."""
+    closed with 1001 first (nothing slow comes before it), then parked (§5 rule 4: the
+    clients resume on another process, and the rooms see nothing), and the history
+    writes are drained last."""
     state = process.current()
     state.all_closed = asyncio.Event()
     callers = open_connections()
@@ -168,12 +217,10 @@ async def shut_down_connections(timeout_secs: float) -> None:
     await delivery.close([caller.channel_name for caller in callers], CloseCode.GOING_AWAY)
     try:
         async with asyncio.timeout(timeout_secs):
-            try:
-                await asyncio.gather(*(_release(caller, LeaveReason.DISCONNECTED) for caller in callers))
-            except PresenceUnavailable as exc:
-                logger.warning("shutdown without leaving rooms, presence unavailable: %s", exc)
+            await asyncio.gather(*(_park_or_release(caller) for caller in callers))
             if state.connections:
                 await state.all_closed.wait()
+            await resume.all_sealed(timeout_secs)
             await process.current().writer.drained()
     except TimeoutError:
         logger.warning(

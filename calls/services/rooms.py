@@ -83,7 +83,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     others = outcome.others(caller.socket_id)
 
     if outcome.status is not JoinStatus.ALREADY_IN_ROOM:
-        caller.room_id, caller.room_key, caller.group_id = request.callRoomId, outcome.session.key, requested_group
+        caller.enter(outcome.session)
         previous_counts = caller.counts.reset()
         persist(
             history.record_join,
@@ -139,7 +139,7 @@ async def leave_current_room(caller: Caller, reason: LeaveReason) -> None:
 
 
 async def depart(caller: Caller, departure: Departure, reason: LeaveReason) -> None:
-    caller.room_id = caller.room_key = caller.group_id = None
+    caller.exit()
     persist(history.record_leave, departure=departure, reason=reason, counts=caller.counts.reset())
     await announce_departure(departure, reason)
     logger.info(

@@ -161,9 +161,10 @@ def open_packet(sid: str, *, upgrades: list[str], ping_interval_ms: int, ping_ti
     return OPEN + _encoder.encode(handshake).decode()
 
 
-def connect_packet(socket_id: str) -> str:
-    """Socket.IO CONNECT of "/", the server's answer: the client's ``socket.id``."""
-    return MESSAGE + "0" + _encoder.encode({"sid": socket_id}).decode()
+def connect_packet(socket_id: str, pid: str) -> str:
+    """Socket.IO CONNECT of "/", the server's answer: the client's ``socket.id``, and the
+    private id it recovers its connection with (docs/protocol.md §6)."""
+    return MESSAGE + "0" + _encoder.encode({"sid": socket_id, "pid": pid}).decode()
 
 
 def connect_error_packet(message: str, namespace: str = MAIN_NAMESPACE) -> str:
@@ -186,6 +187,12 @@ class SocketIOWire:
             return (b"42[" + name + b"," + event.encoded_data() + b"]").decode()
         ack_id = str(event.request_id).encode()
         return (b"43" + ack_id + b'[{"event":' + name + b',"data":' + event.encoded_data() + b"}]").decode()
+
+    @staticmethod
+    def with_offset(packet: str, offset: str) -> str:
+        """An event packet with an offset as its last argument, as Socket.IO's connection
+        state recovery sends them: ``42["event",data,"17"]``."""
+        return f'{packet[:-1]},"{offset}"]'
 
 
 SOCKETIO = SocketIOWire()

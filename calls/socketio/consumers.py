@@ -19,6 +19,7 @@ from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.websocket import ORIGIN_STATE
+from calls.consumers import ABNORMAL_CLOSURE
 from calls.socketio.codec import PING, PONG, PROBE, SEPARATOR, UPGRADE
 from calls.socketio.engine import MAX_PAYLOAD, EngineSession, OverlappingPoll, sessions
 
@@ -254,7 +255,8 @@ class WebsocketConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         """Called when the socket closes, whoever closed it."""
         self.closing = True
+        lost = code == ABNORMAL_CLOSURE
         if self.session is not None:
-            await self.session.transport_closed(self)
+            await self.session.transport_closed(self, lost=lost)
         elif self.probing is not None:
-            await self.probing.transport_closed(self)
+            await self.probing.transport_closed(self, lost=lost)

@@ -37,8 +37,10 @@ from accounts.websocket import (
     cookie_session,
     presented_credential,
 )
-from calls import delivery, services
-from calls.protocol import CloseCode
+from calls import delivery
+from calls.protocol import CloseCode, Outgoing
+from calls.services.caller import Caller
+from calls.services.resume import socketio_pid
 from calls.session import Parser, SignalingSession, open_session, refusal
 from calls.socketio.codec import (
     BINARY_MESSAGE,
@@ -117,7 +119,7 @@ class EngineSession:
         self.socket = socket  # the websocket that carries the session; None while long-polling
         self.probe: Socket | None = None  # a websocket testing the upgrade
         self.probed = False  # the probe answered: waiting GETs get a noop, so that the client can pause polling
-        self.outbox: list[str] = []  # packets waiting for the next GET
+        self.outbox: list[tuple[str, Outgoing | None]] = []  # packets waiting for the next GET (and their events)
         self.wakeup = asyncio.Event()  # something for a waiting GET
         self.drained = asyncio.Event()  # the outbox was taken
         self.polling = False  # a GET is waiting
@@ -160,15 +162,24 @@ class EngineSession:
             logger.exception("socket.io session failed sid=%s", self.sid)
             await self.close("reason=server-error")
 
-    async def _send(self, packet: str) -> None:
-        """Put one packet on its way to the client, over the transport of the moment."""
+    async def _send(self, packet: str, event: Outgoing | None = None) -> None:
+        """Put one packet on its way to the client, over the transport of the moment
+        (``event``: the server event it carries, kept for a resume until it is taken)."""
         if self.closed:
             return
         if self.socket is not None:
             await self.socket.send_packet(packet)
         else:
-            self.outbox.append(packet)
+            self.outbox.append((packet, event))
             self.wakeup.set()
+
+    async def _emit(self, caller: Caller, event: Outgoing) -> None:
+        """Send a server event; as an event (not an acknowledgement) it carries the
+        connection's next offset as its last argument (docs/protocol.md §6)."""
+        text = event.text(SOCKETIO)
+        if event.request_id is None:
+            text = SOCKETIO.with_offset(text, caller.next_offset())
+        await self._send(text, event)
 
     async def _heartbeat(self) -> None:
         """Engine.IO v4: the server pings; a client that does not answer within
@@ -181,7 +192,7 @@ class EngineSession:
                 async with asyncio.timeout(self.ping_timeout):
                     await self.pong.wait()
             except TimeoutError:
-                await self.close("reason=ping-timeout")
+                await self.close("reason=ping-timeout", lost=True)
                 return
 
     async def _connect_deadline(self) -> None:
@@ -207,7 +218,7 @@ class EngineSession:
             self.polling = False
         if not self.outbox:
             return [NOOP]
-        packets, self.outbox = self.outbox, []
+        packets, self.outbox = [packet for packet, _ in self.outbox], []
         self.drained.set()
         if self.closed:  # its last packets are taken: the session is gone
             self.registry.discard(self)
@@ -263,7 +274,7 @@ class EngineSession:
         async with self.turn:
             self.socket, self.probe, self.probed = socket, None, False
             waiting, self.outbox = self.outbox, []
-            for packet in waiting:
+            for packet, _ in waiting:
                 await socket.send_packet(packet)
         self.wakeup.set()
         self.drained.set()
@@ -274,10 +285,11 @@ class EngineSession:
         if socket is self.probe:
             await socket.close_socket()
 
-    async def transport_closed(self, socket: Socket) -> None:
-        """Called when a websocket of this session closes, whoever closed it."""
+    async def transport_closed(self, socket: Socket, *, lost: bool) -> None:
+        """Called when a websocket of this session closes, whoever closed it (``lost``:
+        without a close frame)."""
         if socket is self.socket:
-            await self.close("reason=transport-close")
+            await self.close("reason=transport-close", lost=lost)
         elif socket is self.probe:
             self.probe, self.probed = None, False
 
@@ -307,13 +319,16 @@ class EngineSession:
         async with self.turn:
             outcome = await signaling.handle(text, parse)
             if outcome is not None and not isinstance(outcome, int):
-                await self._send(outcome.text(SOCKETIO))
+                await self._emit(signaling.caller, outcome)
         if isinstance(outcome, int):
             await self.close_for(outcome)
 
     async def _connect(self, packet: Packet) -> None:
         """Socket.IO CONNECT: authenticate as the native handshake does, then answer
-        ``40{"sid": socketId}`` and ``webrtc:connected``, or a connect_error."""
+        ``40{"sid": socketId, "pid": pid}`` and ``webrtc:connected``, or a connect_error.
+        With ``{pid, offset}`` (socket.io-client recovering) or ``{resume}`` it resumes
+        the parked participant (docs/protocol.md §6): same sid and pid, then
+        ``webrtc:resumed`` and the missed events."""
         if packet.namespace != MAIN_NAMESPACE:
             await self._send(connect_error_packet(INVALID_NAMESPACE, packet.namespace))
             return
@@ -330,7 +345,10 @@ class EngineSession:
             authentication = await self._authenticate(auth)
             opened: SignalingSession | int | None = refusal(authentication.user, throttled=authentication.throttled)
             if opened is None:
-                opened = await open_session(mailbox, authentication.user, authentication.expires_at)
+                resume_token = auth.get("resume") or auth.get("pid")
+                if not isinstance(resume_token, str):
+                    resume_token = None
+                opened = await open_session(mailbox, authentication.user, authentication.expires_at, resume_token)
         except Exception:
             logger.exception("socket.io connect failed sid=%s", self.sid)
             await self._send(connect_error_packet(SERVER_FAILED))
@@ -341,14 +359,15 @@ class EngineSession:
             await self._send(connect_error_packet(CONNECT_ERRORS[opened]))
             return
         if self.closed:
-            await opened.closed("reason=closed-while-connecting")
+            await opened.closed("reason=closed-while-connecting", lost=True)
             return
         caller = opened.caller
         self.registry.settled(self)
         async with self.turn:
             self.signaling = opened
-            await self._send(connect_packet(caller.socket_id))
-            await self._send(services.connected_event(caller).text(SOCKETIO))
+            await self._send(connect_packet(caller.socket_id, socketio_pid(caller)))
+            for event in opened.greeting:
+                await self._emit(caller, event)
         self.writer = self._spawn(self._write_mailbox(opened, mailbox))
         logger.info("connect %s transport=socket.io", caller.log_context())
 
@@ -381,16 +400,20 @@ class EngineSession:
                 await self.drained.wait()
             async with self.turn:
                 if self.signaling is signaling:
-                    await self._send(item.text(SOCKETIO))
+                    await self._emit(signaling.caller, item)
 
     async def close_for(self, code: int) -> None:
         """Called when the rules close the connection with a native close code. After 4401
         the client is sent a Socket.IO DISCONNECT, so that it does not reconnect without
-        a new credential; after any other the session just closes, and it reconnects."""
-        await self.close(f"code={code}", [DISCONNECT_PACKET] if code == CloseCode.UNAUTHENTICATED else [])
+        a new credential; after any other the session just closes, and it reconnects
+        (after 1001, this process stopping, to resume elsewhere)."""
+        last_packets = [DISCONNECT_PACKET] if code == CloseCode.UNAUTHENTICATED else []
+        await self.close(f"code={code}", last_packets, lost=code == CloseCode.GOING_AWAY)
 
-    async def _end_connection(self, how: str) -> None:
-        """The Socket.IO connection ends (the Engine.IO session may go on): leave the room."""
+    async def _end_connection(self, how: str, *, lost: bool = False, unsent: Sequence[Outgoing] = ()) -> None:
+        """The Socket.IO connection ends (the Engine.IO session may go on): leave the
+        room, or, ``lost``, be parked for a resume with the events its client never took
+        (``unsent``)."""
         signaling = self.signaling
         if signaling is None:
             return
@@ -398,18 +421,22 @@ class EngineSession:
         writer, self.writer = self.writer, None
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
-        await signaling.closed(how)
+        if lost and unsent and signaling.caller.mailbox is not None:
+            signaling.caller.mailbox.put_back(unsent)
+        await signaling.closed(how, lost=lost)
 
-    async def close(self, how: str, last_packets: Sequence[str] = ()) -> None:
+    async def close(self, how: str, last_packets: Sequence[str] = (), *, lost: bool = False) -> None:
         """Called once when the session ends, whoever ends it: the client is sent
         ``last_packets`` (a websocket is closed after them; a long-polling client gets
         them and a close packet with its next GET, if it comes within pingTimeout), and
-        the Socket.IO connection leaves its room."""
+        the Socket.IO connection leaves its room, or, ``lost`` (no answer to pings, a
+        transport gone without a close frame, this process stopping), is parked."""
         if self.closed:
             return
         self.closed = True
         self.registry.settled(self)
         current = asyncio.current_task()
+        unsent: list[Outgoing] = []
         for task in (*self.tasks, self.writer):
             if task is not None and task is not current:
                 task.cancel()
@@ -421,14 +448,17 @@ class EngineSession:
                     await socket.send_packet(packet)
                 await socket.close_socket()
             else:
-                self.outbox.extend([*last_packets, CLOSE])
+                if lost:  # its events are parked with the participant, not left for a GET
+                    unsent = [event for _, event in self.outbox if event is not None and event.request_id is None]
+                    self.outbox = []
+                self.outbox.extend((packet, None) for packet in [*last_packets, CLOSE])
                 self.wakeup.set()
                 self.drained.set()
                 asyncio.get_running_loop().call_later(self.ping_timeout, self.registry.discard, self)
             if probe is not None:
                 await probe.close_socket()
         finally:
-            await self._end_connection(how)
+            await self._end_connection(how, lost=lost, unsent=unsent)
             logger.debug("socket.io session closed %s sid=%s", how, self.sid)
 
 

@@ -34,7 +34,7 @@ async def test_connected_says_when_the_authentication_expires(connect: ConnectFa
     frame = await client.expect("webrtc:connected")
 
     assert frame["data"]["authExpiresAt"] == iso_utc(expires)
-    assert set(frame["data"]) == {"socketId", "userId", "authExpiresAt"}
+    assert set(frame["data"]) == {"socketId", "userId", "resumeToken", "authExpiresAt"}
 
 
 async def test_a_connection_is_closed_with_4401_when_its_token_expires(connect: ConnectFactory, alice: User) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from channels_redis.pubsub import RedisPubSubChannelLayer
@@ -17,13 +18,17 @@ from calls.presence.base import (
     Forward,
     JoinStatus,
     Member,
+    Parking,
     Participant,
     Presence,
     PresenceEvicted,
     PresenceUnavailable,
+    ResumeStatus,
+    Resumption,
     RoomSession,
     Route,
     RouteStatus,
+    parked_channel,
 )
 from calls.presence.memory import InMemoryPresence
 from calls.presence.redis import RedisPresence
@@ -393,5 +398,106 @@ async def test_an_unreachable_redis_raises_presence_unavailable(redis_server: ob
             await join(store, "a")
         with pytest.raises(PresenceUnavailable):
             await store.route(room_key="room", sender="a", target=None)
+    finally:
+        await store.close()
+
+
+# -- parked participants (docs/protocol.md §6) ------------------------------------
+
+
+def parking(socket_id: str, *, user_id: str = "1", epoch: int = 0, grace: float = 60, **kwargs: Any) -> Parking:
+    options: dict[str, Any] = {"offset": 7, "capacity": 4} | kwargs
+    return Parking(socket_id, user_id, epoch, options.pop("offset"), grace, options.pop("capacity"), **options)
+
+
+async def test_a_parked_member_keeps_its_place_and_resumes_with_its_buffer_in_order(presence: Presence) -> None:
+    await join(presence, "a")
+    await join(presence, "b")
+    await presence.open_connection(user_id="1", socket_id="a", channel_name="channel-a", limit=10)
+    await presence.park(parking("a", pending=(("e", b"0"),), fence="inbox"))
+
+    assert socket_ids(await presence.members(room_key="room")) == ["a", "b"]
+    route = await presence.route(room_key="room", sender="b", target="a")
+    assert route == Route(RouteStatus.OK, (parked_channel("a"),))
+    await presence.buffer(socket_ids=["a"], message=("e", b"2"))
+    assert await presence.buffer_late(socket_id="a", user_id="1", epoch=0, message=("e", b"1")) is None
+    unsealed = await presence.resume(socket_id="a", user_id="1", epoch=0, channel_name="new-a", force=False)
+    assert unsealed.status is ResumeStatus.UNSEALED
+    await presence.seal(socket_id="a", epoch=0)
+
+    resumed = await presence.resume(socket_id="a", user_id="1", epoch=0, channel_name="new-a", force=False)
+
+    assert resumed.status is ResumeStatus.RESUMED
+    assert [data for _, data in resumed.missed] == [b"0", b"1", b"2"]  # before the park first
+    assert (resumed.session.key, resumed.participant.socket_id, resumed.offset) == ("room", "a", 7)
+    assert await presence.route(room_key="room", sender="b", target="a") == Route(RouteStatus.OK, ("new-a",))
+    assert await presence.connections_of(user_id="1") == ("new-a",)
+    again = await presence.resume(socket_id="a", user_id="1", epoch=0, channel_name="x", force=True)
+    assert again == Resumption(ResumeStatus.LIVE, channel="new-a")  # it is live: nothing to resume
+    assert await presence.parked_count() == 0
+
+
+async def test_a_resume_checks_the_user_and_the_epoch(presence: Presence) -> None:
+    await join(presence, "a")
+    await presence.park(parking("a", epoch=3))
+    foreign = await presence.resume(socket_id="a", user_id="2", epoch=3, channel_name="x", force=True)
+    used = await presence.resume(socket_id="a", user_id="1", epoch=2, channel_name="x", force=True)
+    unknown = await presence.resume(socket_id="zz", user_id="1", epoch=0, channel_name="x", force=True)
+    assert (foreign.status, used.status, unknown.status) == (
+        ResumeStatus.FOREIGN,
+        ResumeStatus.USED,
+        ResumeStatus.UNKNOWN,
+    )
+    pid = await presence.resume(socket_id="a", user_id="1", epoch=None, channel_name="x", force=True)
+    assert (pid.status, pid.epoch) == (ResumeStatus.RESUMED, 3)
+
+
+async def test_a_full_buffer_drops_the_oldest_first_and_counts_them(presence: Presence) -> None:
+    await join(presence, "a")
+    await presence.park(parking("a", capacity=3, pending=(("e", b"0"), ("e", b"1"))))
+    for n in range(2, 6):
+        await presence.buffer(socket_ids=["a"], message=("e", str(n).encode()))
+    resumed = await presence.resume(socket_id="a", user_id="1", epoch=0, channel_name="x", force=True)
+    assert ([data for _, data in resumed.missed], resumed.dropped) == ([b"3", b"4", b"5"], 3)
+
+
+async def test_parked_members_expire_once_and_leave_their_room(presence: Presence) -> None:
+    await join(presence, "a")
+    await join(presence, "b")
+    await presence.park(parking("a", grace=0.05))
+    await presence.park(parking("b", grace=60))
+    await asyncio.sleep(0.1)  # the grace is what is tested
+    expired = await asyncio.gather(presence.expire_parked(), presence.expire_parked())
+    gone = expired[0] + expired[1]
+    assert [(g.socket_id, g.departure.participant.socket_id) for g in gone] == [("a", "a")]
+    assert socket_ids(gone[0].departure.remaining) == ["b"]
+    assert socket_ids(await presence.members(room_key="room")) == ["b"]
+    assert await presence.parked_count() == 1
+
+
+async def test_a_dead_process_leaves_its_parked_members_to_their_grace(processes: list[RedisPresence]) -> None:
+    alive, _, dead = processes
+    await join(dead, "p")
+    await join(dead, "q")
+    await dead.park(parking("p"))
+    await asyncio.sleep(LEASE_SECS * 1.5)
+    await alive.heartbeat()
+    departures = await alive.reap()
+    assert [d.participant.socket_id for d in departures] == ["q"]
+    resumed = await alive.resume(socket_id="p", user_id="1", epoch=0, channel_name="alive#p", force=True)
+    assert resumed.status is ResumeStatus.RESUMED
+    assert socket_ids(await alive.members(room_key="room")) == ["p"]
+
+
+async def test_a_forwarding_route_buffers_for_a_parked_target(redis_url: str) -> None:
+    store = RedisPresence(redis_url, lease_secs=LEASE_SECS)
+    try:
+        await join(store, "a")
+        await join(store, "b")
+        await store.park(parking("a"))
+        forward = Forward("mine", "calls.deliver", "webrtc:offer", b'{"offer":1}')
+        assert await store.route(room_key="room", sender="b", target="a", forward=forward) == Route(RouteStatus.OK)
+        resumed = await store.resume(socket_id="a", user_id="1", epoch=0, channel_name="x", force=True)
+        assert resumed.missed == (("webrtc:offer", b'{"offer":1}'),)
     finally:
         await store.close()

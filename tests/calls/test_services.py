@@ -42,10 +42,11 @@ _mailboxes: dict[str, Mailbox] = {}
 async def caller_for(user: User) -> services.Caller:
     """A connection of ``user`` whose frames land in a mailbox the test reads."""
     mailbox = Mailbox()
-    caller = await services.connection_opened(
+    opened = await services.connection_opened(
         mailbox, user_id=str(user.pk), username=user.username, display_name=user.shown_name
     )
-    assert caller is not None
+    assert opened is not None
+    caller, _ = opened
     _mailboxes[caller.socket_id] = mailbox
     return caller
 
