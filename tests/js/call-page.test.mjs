@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 
+import { CallMesh, SignalingClient } from '../../calls/static/calls/signaling.js';
 import { FakeServer, fakeJwt, fakePeerConnectionClass, settle } from './fakes.mjs';
 
 const PAGE = new URL('../../calls/static/calls/call-page.js', import.meta.url);
@@ -160,9 +161,11 @@ function setGlobal(name, value) {
 
 let loads = 0;
 
-/** The page loaded afresh on `server`, with the HTTP API it signs in with. */
-async function openPage(server) {
-  const storage = new Map();
+/**
+ * The page loaded afresh on `server`, with the HTTP API it signs in with; `storage` is its tab's
+ * sessionStorage (pass the one a previous page left for a reload).
+ */
+async function openPage(server, { storage = new Map() } = {}) {
   const http = [];
   const issued = new Map(); // refresh token → user
   const json = (status, body) => ({ ok: status < 300, status, json: async () => body });
@@ -230,6 +233,7 @@ async function openPage(server) {
   const page = {
     $,
     http,
+    storage,
     app: globalThis.callApp,
     restore: () => restores.reverse().forEach((restore) => restore()),
     notice: () => ($('notice').hidden ? '' : $('notice').textContent),
@@ -241,6 +245,9 @@ async function openPage(server) {
       form.fire('submit');
       await settle();
     },
+    /** The remote tiles, by socketId. */
+    tiles: () => new Map($('tiles').children.filter((tile) => !tile.classList.contains('local')).map((tile) => [tile.dataset.socketId, tile])),
+    status: () => $('call-status').textContent,
     async join(roomValue = 'group-1') {
       $('room-choice').value = roomValue;
       $('join-form').fire('submit');
@@ -340,5 +347,100 @@ describe('the call page', () => {
     assert.notEqual(server.refreshes[0].token, before, 'a new access token, not the one about to expire');
     assert.equal(server.refreshes[0].token, page.app.tokens.access);
     assert.ok(page.http.some(({ url }) => url.endsWith('/api/auth/token/refresh/')));
+  });
+
+  /** Bob in `group-1` from a client of his own (not a page), before the page joins. */
+  async function bobInTheCall() {
+    const client = new SignalingClient({ url: 'ws://calls.test/ws/calls/', token: 'bob', WebSocket: server.WebSocket, fetch: server.fetch, resumeStorage: null });
+    const mesh = new CallMesh(client, { roomId: 'group-1', RTCPeerConnection: fakePeerConnectionClass() });
+    const left = [];
+    mesh.on('participant-left', (data) => left.push(data));
+    await mesh.join();
+    return { client, mesh, left };
+  }
+
+  /** Resolve at the next `connect` of the page's signaling client. */
+  const nextConnect = (client) => new Promise((resolve) => client.once('connect', resolve));
+
+  test('while the signaling connection is down the page says it is reconnecting; a resume keeps every tile', async (t) => {
+    t.mock.method(Math, 'random', () => 0); // the first reconnect after 250 ms
+    server.resumes = true;
+    const bob = await bobInTheCall();
+    page = await openPage(server);
+    await page.signIn('alice');
+    await page.join();
+    assert.equal(page.view(), 'call');
+    assert.equal(page.$('call').dataset.signaling, 'connected');
+    const tiles = page.tiles();
+    assert.deepEqual([...tiles.keys()], ['bob-1']);
+    const { socketId } = page.app.client;
+
+    const reopen = server.hold();
+    server.drop(socketId);
+    await settle();
+    assert.equal(page.status(), 'Connection lost; reconnecting…');
+    assert.equal(page.$('call').dataset.signaling, 'reconnecting');
+    assert.deepEqual(page.tiles(), tiles, 'the tiles stay while the media goes on');
+
+    const back = nextConnect(page.app.client);
+    reopen();
+    assert.equal((await back).resumed, true);
+    await settle();
+    assert.equal(page.status(), '');
+    assert.equal(page.$('call').dataset.signaling, 'connected');
+    assert.equal(page.view(), 'call');
+    assert.deepEqual(page.tiles(), tiles, 'the same tiles, never torn down');
+    assert.equal(page.$('tiles').children.length, 2);
+    assert.equal(page.app.client.socketId, socketId);
+    assert.deepEqual(bob.left, [], 'bob saw nobody leave');
+    bob.client.close();
+  });
+
+  test('a reload during a call goes back into it by itself, resuming the same participant within the grace', async () => {
+    server.resumes = true;
+    const bob = await bobInTheCall();
+    const first = await openPage(server);
+    page = first;
+    await first.signIn('alice');
+    await first.join();
+    const { socketId } = first.app.client;
+    const bobToAlice = bob.mesh.peers.get(socketId).pc;
+
+    // The reload: the tab's sessionStorage outlives the page; its socket goes without a close frame.
+    const storage = new Map(first.storage);
+    server.drop(socketId);
+    first.app.client.close();
+    first.restore();
+    page = await openPage(server, { storage });
+    await settle();
+
+    assert.equal(page.view(), 'call');
+    assert.equal(page.$('call-title').textContent, 'Team');
+    assert.equal(page.app.client.socketId, socketId, 'the same participant');
+    assert.equal(server.urls.at(-1).searchParams.has('resume'), true);
+    assert.deepEqual(server.resumeAttempts.map(({ resumed }) => resumed), [true]);
+    assert.deepEqual([...page.tiles().keys()], ['bob-1']);
+    assert.deepEqual(bob.left, [], 'bob saw nobody leave');
+    const bobToReloaded = bob.mesh.peers.get(socketId).pc;
+    assert.notEqual(bobToReloaded, bobToAlice, "bob answered the reloaded page's offer with a new connection");
+    assert.equal(bobToAlice.signalingState, 'closed');
+    assert.equal(bobToReloaded.signalingState, 'stable');
+    bob.client.close();
+  });
+
+  test('after leaving, a reload stays in the lobby; a sign-out forgets the call too', async () => {
+    page = await openPage(server);
+    await page.signIn('alice');
+    await page.join();
+    assert.equal(page.storage.has('calls.call'), true);
+    page.$('leave').fire('click');
+    await settle();
+    assert.equal(page.view(), 'lobby');
+    assert.equal(page.storage.has('calls.call'), false);
+    await page.join();
+    page.$('sign-out').fire('click');
+    await settle();
+    assert.equal(page.storage.has('calls.call'), false);
+    assert.equal([...page.storage.keys()].some((key) => key.startsWith('calls.signaling.resume:')), false);
   });
 });

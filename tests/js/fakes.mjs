@@ -109,6 +109,16 @@ export function fakeFetch(answerOrPick) {
  * delivered as macrotasks, like a network would. With `originAllowed = false` it refuses
  * every handshake as a browser shows a 403 (a close 1006 before open), and its `fetch`
  * answers the origin check (`/api/calls/origin-check/`) accordingly.
+ *
+ * With `resumes = true` it resumes as docs/protocol.md §6 says: `webrtc:connected` carries a
+ * single-use `resumeToken`; a connection lost without the client's close frame ({@link drop},
+ * or a server close 1001 by {@link closeWith}) is *parked*, keeping its socketId and its room
+ * (nobody is told) while what is sent to it is buffered, until a connection presents its token
+ * (`?resume=`): that one gets the socketId back, `webrtc:resumed {socketId, callRoomId, missed}`
+ * and the buffered frames, in order. A token that is unknown, spent, another user's, or of a
+ * parked connection whose grace has ended ({@link expire}) gets a fresh socketId and a
+ * `resume-failed` signaling error. A join of the room one is in answers `room-joined` again
+ * (without oneself) and announces nothing.
  */
 export class FakeServer {
   rooms = new Map(); // roomId → [{participant, ws}]
@@ -125,14 +135,32 @@ export class FakeServer {
   ticketRequests = []; // {authorization, credentials, csrf} of every ticket request
   urls = []; // the URL of every websocket
   refreshes = []; // {socketId, token, accepted} of every webrtc:refresh-auth
+  resumes = false;
+  resumeAttempts = []; // {token, socketId (of the connection it got), resumed} of every ?resume=
   #connections = 0;
+  #tokensIssued = 0;
+  #resumeTokens = new Map(); // token → socketId
+  #parked = new Map(); // socketId → the websocket that was lost, with its buffer
   #tickets = new Map(); // ticket → {user, expiresAt}
   #open = new Set(); // open, authenticated websockets
+
+  #held = null; // while set, a promise that ticket requests wait for
+
+  /** Make ticket requests wait (so: every new connection) until the function returned is called. */
+  hold() {
+    let release;
+    this.#held = new Promise((resolve) => (release = resolve));
+    return () => {
+      this.#held = null;
+      release();
+    };
+  }
 
   /** The HTTP side: the ticket endpoint and the origin check. */
   fetch = async (url, init = {}) => {
     const { pathname } = new URL(url);
     await new Promise((resolve) => setImmediate(resolve));
+    if (pathname === '/api/auth/ws-ticket/' && this.#held) await this.#held;
     const answer = (status, body) => ({ ok: status < 300, status, json: async () => body });
     if (pathname === '/api/auth/ws-ticket/' && init.method === 'POST') {
       const headers = init.headers ?? {};
@@ -187,10 +215,40 @@ export class FakeServer {
     return { user: claims.user, expiresAt };
   }
 
-  /** Close the connection of `socketId` from the server side with `code` (e.g. 4401). */
+  /**
+   * Close the connection of `socketId` from the server side with `code` (e.g. 4401); with
+   * `resumes`, a 1001 (a graceful shutdown) parks it.
+   */
   closeWith(socketId, code) {
     const ws = [...this.#open].find((open) => open.socketId === socketId);
+    if (ws && this.resumes && code === 1001) {
+      this.#park(ws);
+      setImmediate(() => ws.onclose?.({ code, reason: '' }));
+      return;
+    }
     this.#close(ws, code);
+  }
+
+  /** The grace of the parked `socketId` ends: it leaves its room (`disconnected`). */
+  expire(socketId) {
+    const ws = this.#parked.get(socketId);
+    if (!ws) return;
+    this.#parked.delete(socketId);
+    ws.parked = false;
+    this.#gone(ws, 'disconnected');
+  }
+
+  /** Whether `socketId` is parked. */
+  isParked(socketId) {
+    return this.#parked.has(socketId);
+  }
+
+  #park(ws) {
+    ws.readyState = 3;
+    this.#open.delete(ws);
+    ws.parked = true;
+    ws.buffer = [];
+    this.#parked.set(ws.socketId, ws);
   }
 
   /** Send `frame` to the client of `socketId` (in a room), as the server would. */
@@ -198,11 +256,15 @@ export class FakeServer {
     this.#send(this.#entry(socketId).ws, frame);
   }
 
-  /** Drop a connection from the server side, without a close frame from the client. */
+  /** Drop a connection, without a close frame from the client: it leaves, or with `resumes` is parked. */
   drop(socketId, code = 1006) {
     const { ws } = this.#entry(socketId);
-    ws.readyState = 3;
-    this.#gone(ws, 'disconnected');
+    if (this.resumes) {
+      this.#park(ws);
+    } else {
+      ws.readyState = 3;
+      this.#gone(ws, 'disconnected');
+    }
     setImmediate(() => ws.onclose?.({ code, reason: '' }));
   }
 
@@ -235,12 +297,47 @@ export class FakeServer {
       this.#close(ws, 4409);
       return;
     }
-    this.#connections += 1;
     ws.user = user;
-    ws.socketId = `${user}-${this.#connections}`;
     this.#open.add(ws);
     const authExpiresAt = expiresAt === null ? null : new Date(expiresAt).toISOString();
-    this.#send(ws, { event: 'webrtc:connected', data: { socketId: ws.socketId, userId: user, authExpiresAt } });
+    const token = this.resumes ? ws.url.searchParams.get('resume') : null;
+    if (token !== null) {
+      const parkedId = this.#resumeTokens.get(token);
+      this.#resumeTokens.delete(token); // single use
+      const parked = this.#parked.get(parkedId);
+      if (parked && parked.user === user) {
+        this.#parked.delete(parkedId);
+        ws.socketId = parkedId;
+        for (const room of this.rooms.values()) {
+          for (const entry of room) if (entry.ws === parked) entry.ws = ws;
+        }
+        this.resumeAttempts.push({ token, socketId: ws.socketId, resumed: true });
+        this.#send(ws, { event: 'webrtc:connected', data: this.#connectedData(ws, authExpiresAt) });
+        const callRoomId = [...this.rooms].find(([, room]) => room.some((entry) => entry.ws === ws))?.[0] ?? null;
+        this.#send(ws, { event: 'webrtc:resumed', data: { socketId: ws.socketId, callRoomId, missed: parked.buffer.length } });
+        for (const frame of parked.buffer) this.#send(ws, frame);
+        return;
+      }
+    }
+    this.#connections += 1;
+    ws.socketId = `${user}-${this.#connections}`;
+    this.#send(ws, { event: 'webrtc:connected', data: this.#connectedData(ws, authExpiresAt) });
+    if (token !== null) {
+      this.resumeAttempts.push({ token, socketId: ws.socketId, resumed: false });
+      const refusal = { error: 'resume-failed', message: 'That session cannot be resumed.', timestamp: new Date().toISOString() };
+      this.#send(ws, { event: 'webrtc:signaling-error', data: refusal });
+    }
+  }
+
+  #connectedData(ws, authExpiresAt) {
+    const data = { socketId: ws.socketId, userId: ws.user, authExpiresAt };
+    if (this.resumes) {
+      this.#tokensIssued += 1;
+      data.resumeToken = `resume-${ws.socketId}-${this.#tokensIssued}`;
+      for (const [token, socketId] of this.#resumeTokens) if (socketId === ws.socketId) this.#resumeTokens.delete(token);
+      this.#resumeTokens.set(data.resumeToken, ws.socketId);
+    }
+    return data;
   }
 
   #close(ws, code) {
@@ -251,6 +348,10 @@ export class FakeServer {
   }
 
   #send(ws, frame) {
+    if (ws.parked) {
+      ws.buffer.push(frame);
+      return;
+    }
     setImmediate(() => {
       if (ws.readyState === 1) ws.onmessage?.({ data: JSON.stringify(frame) });
     });
@@ -283,6 +384,19 @@ export class FakeServer {
         return;
       }
       const me = this.#participant(ws);
+      const others = room.filter((entry) => entry.ws !== ws);
+      if (others.length < room.length) {
+        // The room one is in: room-joined again, announced to nobody (docs/protocol.md §5 rule 2).
+        reply('webrtc:room-joined', {
+          callRoomId: data.callRoomId,
+          participantCount: room.length,
+          existingParticipants: others.map((other) => other.participant),
+          participant: me,
+          metadata: this.metadata,
+          iceServers: this.iceServers,
+        });
+        return;
+      }
       for (const other of room) {
         this.#send(other.ws, { event: 'webrtc:participant-joined', data: { callRoomId: data.callRoomId, participant: me } });
       }
@@ -329,11 +443,17 @@ export class FakeServer {
   }
 }
 
+/** Certificates made by every fake peer connection class: each connection's is unique, as in browsers. */
+let certificates = 0;
+
 /**
  * An RTCPeerConnection without media: the JSEP signaling states, an operations chain, and
- * `negotiationneeded` fired (when stable and idle) while a sender has not been negotiated.
- * Like the standard, `setRemoteDescription(offer)` outside `stable` fails: a glare must be
- * resolved by an explicit rollback. Every operation is written to `log`.
+ * `negotiationneeded` fired (when stable and idle) while a sender has not been negotiated or
+ * an ICE restart (`restartIce()`) has not been offered. Like the standard,
+ * `setRemoteDescription(offer)` outside `stable` fails: a glare must be resolved by an explicit
+ * rollback. Its descriptions carry an `a=fingerprint` of its own (a certificate per connection,
+ * as browsers make) and an `a=ice-ufrag` that each restart changes. Every operation is written
+ * to `log`.
  */
 export function fakePeerConnectionClass() {
   return class FakePeerConnection {
@@ -347,7 +467,12 @@ export function fakePeerConnectionClass() {
     addedCandidates = [];
     log = [];
     restarts = 0;
+    /** This connection's DTLS fingerprint, as its descriptions carry it. */
+    fingerprint;
     #chain = Promise.resolve();
+    #iceGeneration = 0;
+    #restartPending = false;
+    #restartOffered = false;
     #busy = 0;
     #offers = 0;
     #gathered = false;
@@ -356,6 +481,8 @@ export function fakePeerConnectionClass() {
     constructor(config) {
       this.config = config;
       this.id = FakePeerConnection.instances.push(this);
+      certificates += 1;
+      this.fingerprint = `sha-256 FA:KE:${certificates.toString(16).toUpperCase().padStart(4, '0')}`;
     }
 
     addTrack(track, stream) {
@@ -377,15 +504,20 @@ export function fakePeerConnectionClass() {
           this.#expectState('have-local-offer', type);
           this.signalingState = 'stable';
           this.localDescription = null;
+          this.#restartOffered = false; // (a restart rolled back is still to be offered)
         } else if (type === 'offer') {
           if (this.signalingState === 'have-remote-offer') this.#expectState('stable', type);
           this.#offers += 1;
-          this.localDescription = { type, sdp: `offer ${this.id}.${this.#offers}` };
+          if (this.#restartPending) {
+            this.#iceGeneration += 1;
+            this.#restartOffered = true;
+          }
+          this.localDescription = { type, sdp: this.#sdp(`offer ${this.id}.${this.#offers}`) };
           this.signalingState = 'have-local-offer';
           this.#gather();
         } else {
           this.#expectState('have-remote-offer', type);
-          this.localDescription = { type, sdp: `answer ${this.id}` };
+          this.localDescription = { type, sdp: this.#sdp(`answer ${this.id}`) };
           this.#negotiated();
           this.#gather();
         }
@@ -416,11 +548,18 @@ export function fakePeerConnectionClass() {
 
     restartIce() {
       this.restarts += 1;
+      this.#restartPending = true;
+      this.#updateNegotiationNeeded();
     }
 
     close() {
       this.signalingState = 'closed';
+      this.connectionState = 'closed'; // (without an event, as in browsers)
       this.log.push('close');
+    }
+
+    #sdp(first) {
+      return `${first}\r\na=ice-ufrag:u${this.id}g${this.#iceGeneration}\r\na=fingerprint:${this.fingerprint}\r\n`;
     }
 
     /** Test helper: the ICE/DTLS layer reports a new state. */
@@ -438,6 +577,7 @@ export function fakePeerConnectionClass() {
     #negotiated() {
       this.signalingState = 'stable';
       for (const sender of this.senders) sender.negotiated = true;
+      if (this.#restartOffered) this.#restartPending = this.#restartOffered = false;
     }
 
     #gather() {
@@ -465,7 +605,7 @@ export function fakePeerConnectionClass() {
       this.#checkQueued = true;
       queueMicrotask(() => {
         this.#checkQueued = false;
-        const needed = this.senders.some((sender) => !sender.negotiated);
+        const needed = this.#restartPending || this.senders.some((sender) => !sender.negotiated);
         if (needed && this.#busy === 0 && this.signalingState === 'stable') this.onnegotiationneeded?.();
       });
     }

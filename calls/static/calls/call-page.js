@@ -5,6 +5,8 @@
 import { CallMesh, CLOSE_UNAUTHENTICATED, jwtExpiresAt, SignalingClient } from './signaling.js';
 
 const TOKENS_KEY = 'calls.tokens';
+// The call this tab is in, so that a reload goes back into it.
+const CALL_KEY = 'calls.call';
 // Refresh the access token when it has less than this left: more than the signaling client's
 // own margin (60 s), so that the token its refresh asks for is always a new one.
 const REFRESH_MARGIN_SECS = 90;
@@ -26,6 +28,7 @@ const ERROR_TEXT = {
 };
 // The stops of the signaling client that end the call with a message (besides unauthenticated).
 const FINAL_ERRORS = new Set(['too-many-connections', 'origin-refused']);
+const RECONNECTING_TEXT = 'Connection lost; reconnecting…';
 const STATE_TEXT = {
   new: 'connecting…',
   connecting: 'connecting…',
@@ -184,23 +187,45 @@ function chosenRoom() {
   const choice = $('room-choice');
   const roomId = choice.value === CUSTOM_ROOM ? $('room-id').value.trim() : choice.value;
   const title = choice.value === CUSTOM_ROOM ? roomId : choice.selectedOptions[0].text;
+  return room(roomId, title);
+}
+
+function room(roomId, title) {
   // A group's room carries its groupId, so that the server admits only the group's members.
   const groupId = GROUP_ROOM.exec(roomId)?.[1];
   return { roomId, title, metadata: groupId ? { groupId } : undefined };
+}
+
+/** The call this tab was in before a reload (its room id and title only), or `null`. */
+function savedCall() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(CALL_KEY) ?? 'null');
+    if (typeof saved?.roomId !== 'string' || !saved.roomId || typeof saved.title !== 'string') return null;
+    return room(saved.roomId, saved.title); // the groupId is read from the id again, never taken as saved
+  } catch {
+    return null;
+  }
+}
+
+function saveCall(call) {
+  if (call) sessionStorage.setItem(CALL_KEY, JSON.stringify({ roomId: call.roomId, title: call.title }));
+  else sessionStorage.removeItem(CALL_KEY);
 }
 
 // ---------------------------------------------------------------------------
 // The call
 // ---------------------------------------------------------------------------
 
-async function joinCall() {
+/** Join the room chosen in the lobby, or `call` (the one a reloaded page was in). */
+async function joinCall(call = chosenRoom()) {
   notify('');
-  const { roomId, title, metadata } = chosenRoom();
+  const { roomId, title, metadata } = call;
   $('join').disabled = true;
   try {
     try {
       app.localStream = await navigator.mediaDevices.getUserMedia({ audio: true, video: VIDEO_CONSTRAINTS });
     } catch (error) {
+      saveCall(null);
       notify(mediaErrorText(error));
       return;
     }
@@ -222,6 +247,8 @@ async function joinCall() {
       else notify(errorText(error));
       return;
     }
+    saveCall(call);
+    setSignalingState('connected');
     show('call');
   } finally {
     $('join').disabled = false;
@@ -238,13 +265,19 @@ function watch(client, mesh) {
   mesh.on('participant-left', ({ participant }) => tileOf(participant.socketId)?.remove());
   mesh.on('error', ({ error }) => console.warn('call error', error));
 
+  // While the signaling connection is down the call goes on (media is peer to peer): the page
+  // says so and keeps every tile. A resume changes nothing else; a reconnect that could not
+  // resume has the mesh rejoin, and its tiles come back with it.
   client.on('disconnect', ({ code, willReconnect }) => {
     if (app.client !== client) return;
-    if (willReconnect) $('call-status').textContent = 'Connection lost; reconnecting…';
+    if (willReconnect) setSignalingState('reconnecting');
     else if (code === CLOSE_UNAUTHENTICATED) signOut(ERROR_TEXT.unauthenticated);
   });
+  client.on('reconnecting', () => {
+    if (app.client === client) setSignalingState('reconnecting');
+  });
   client.on('connect', () => {
-    $('call-status').textContent = '';
+    if (app.client === client) setSignalingState('connected');
   });
   client.on('error', (error) => {
     if (app.client !== client) return;
@@ -261,13 +294,21 @@ function watch(client, mesh) {
   });
 }
 
+/** `connected` or `reconnecting`: the status line, and `data-signaling` on the call for styles. */
+function setSignalingState(state) {
+  $('call').dataset.signaling = state;
+  $('call-status').textContent = state === 'reconnecting' ? RECONNECTING_TEXT : '';
+}
+
 function endCall() {
   const { client, mesh, localStream } = app;
   Object.assign(app, { client: null, mesh: null, localStream: null });
+  saveCall(null);
   mesh?.leave().finally(() => client?.close());
   for (const track of localStream?.getTracks() ?? []) track.stop();
   $('tiles').replaceChildren();
   $('call-status').textContent = '';
+  delete $('call').dataset.signaling;
   for (const id of ['toggle-mic', 'toggle-camera']) $(id).setAttribute('aria-pressed', 'false');
 }
 
@@ -351,5 +392,16 @@ function savedTokens() {
 }
 
 saveTokens(savedTokens());
-if (app.tokens) enterLobby();
-else show('sign-in');
+if (app.tokens) {
+  // A reload during a call goes back into it: as a newcomer (the browser closed the old page's
+  // socket with a close frame, so the server let it go), or, if that socket was lost without
+  // one (the network was down), as the same participant within the server's grace: signaling.js
+  // kept the resume token in this tab's sessionStorage.
+  const call = savedCall();
+  enterLobby().then(() => {
+    if (call && app.me && !app.client) joinCall(call);
+  });
+} else {
+  saveCall(null);
+  show('sign-in');
+}

@@ -47,6 +47,8 @@ const TOO_MANY_CONNECTIONS_TEXT =
 // Relay errors that only mean "that peer is gone" or "we are rejoining": not worth a word.
 const RELAY_EVENTS = new Set(['webrtc:offer', 'webrtc:answer', 'webrtc:ice-candidate']);
 const QUIET_RELAY_ERRORS = new Set(['participant-not-found', 'not-in-room', 'room-not-found']);
+/** Prefix of the `resumeStorage` key; the endpoint URL (without its query) follows. */
+const RESUME_KEY_PREFIX = 'calls.signaling.resume:';
 
 /**
  * A request the server refused (`code` is the protocol's error code), one that got no reply
@@ -127,10 +129,13 @@ class Listeners {
  * A connection to the native endpoint, one JSON frame per message.
  *
  * Server events reach `on(event, …)` handlers as `(data, frame)`. The client adds its own:
- * - `connect` `{socketId, userId, resumed}` after each `webrtc:connected`;
+ * - `connect` `{socketId, userId, resumed}` after each `webrtc:connected` (`resumed`: the server
+ *   gave back the socketId of the resume token presented, docs/protocol.md §6);
  * - `disconnect` `{code, reason, willReconnect}` when the socket closes, or when the client
  *   stops before it had one (a refused ticket is told as a close 4401, a refused origin as 1006);
- * - `reconnecting` `{attempt, delayMs}` before each new attempt;
+ * - `reconnecting` `{attempt, delayMs}` before each new attempt: after every close that the
+ *   client did not ask for and that it does not stop at (1006, the server's 1001, …), and after a
+ *   failed ticket request; the first one comes after the backoff's first delay;
  * - `error` `(Error)`: the token function's own error when it throws; a {@link SignalingError}
  *   of code `"ticket-failed"` (retried), `"refresh-failed"`, `"origin-refused"` or
  *   `"too-many-connections"` (both final).
@@ -160,6 +165,20 @@ class Listeners {
  *   fixed token string;
  * - 4409 (too many connections for this user): it stops (`"too-many-connections"`);
  * - `close()`.
+ *
+ * **Resume** (docs/protocol.md §6). Every reconnection presents the last `resumeToken` as
+ * `?resume=`: within the server's grace it gives the connection back its socketId, its room and
+ * what was sent to it meanwhile (`connect` says `resumed: true`); otherwise the server answers
+ * with a fresh socketId and a `signaling-error` `resume-failed`, and the connection starts over
+ * (CallMesh rejoins). The token and its socketId are also kept in `resumeStorage` (in a browser
+ * the tab's `sessionStorage`, under a key of the endpoint URL), so that the next page of the tab
+ * resumes too when this one's connection was lost without a close frame: reloaded while the
+ * network was down, or after a crash. (A page reloaded or left while its socket is up is closed
+ * by the browser with 1001, a close frame: the server lets its place go at once, and the next
+ * page's token is refused.) They are rewritten at every `webrtc:connected` and removed by
+ * `close()`, by a stop, and by a `resume-failed` that brought no new token. sessionStorage
+ * belongs to the tab and the origin, and a token is worth nothing without a credential of the
+ * same user.
  *
  * A browser shows a handshake the server refused (HTTP 403 for a foreign `Origin`) only as
  * a close 1006 before the socket opened, as it shows a network failure; a cross-origin ticket
@@ -207,6 +226,12 @@ export class SignalingClient extends Listeners {
   #stopped = false;
   #stopCode = 'closed';
   #resumeToken = null;
+  /** The socketId that `#resumeToken` gives back. */
+  #resumeSocketId = null;
+  /** The token presented by the socket being opened or open (dropped if the server refuses it). */
+  #presentedResumeToken = null;
+  #resumeStorage;
+  #resumeKey;
 
   /**
    * @param {object} [options]
@@ -227,6 +252,8 @@ export class SignalingClient extends Listeners {
    * @param {string | null} [options.originCheckUrl] the server's origin check, asked after a socket
    *   closed before it opened; by default {@link ORIGIN_CHECK_PATH} on the host of `url`; `null`: never ask
    * @param {typeof fetch} [options.fetch] a fetch implementation for the tickets and the origin check
+   * @param {Pick<Storage, 'getItem' | 'setItem' | 'removeItem'> | null} [options.resumeStorage] where the
+   *   resume token lives between page loads; by default `sessionStorage` where there is one; `null`: in memory only
    */
   constructor({
     token,
@@ -240,6 +267,7 @@ export class SignalingClient extends Listeners {
     WebSocket: WebSocketImpl = globalThis.WebSocket,
     originCheckUrl,
     fetch: fetchImpl = globalThis.fetch?.bind(globalThis),
+    resumeStorage = defaultResumeStorage(),
   } = {}) {
     super();
     this.#url = url ?? defaultUrl();
@@ -256,6 +284,9 @@ export class SignalingClient extends Listeners {
       // Falling back to ?token= would put the token in the URL that tickets keep it out of.
       throw new TypeError('SignalingClient: tickets need a fetch implementation (pass `fetch`, or `tickets: false`).');
     }
+    this.#resumeStorage = resumeStorage ?? null;
+    this.#resumeKey = resumeKeyOf(this.#url);
+    this.#loadResume();
     if (autoConnect) this.connect();
   }
 
@@ -273,6 +304,7 @@ export class SignalingClient extends Listeners {
     clearTimeout(this.#retryTimer);
     this.#retryTimer = null;
     this.#clearRefresh();
+    this.#forgetResume(); // the close frame makes the server let our place go at once
     const ws = this.#ws;
     if (ws) {
       this.#ws = null;
@@ -359,6 +391,7 @@ export class SignalingClient extends Listeners {
     if (this.#tickets) url.searchParams.set('ticket', ticket);
     else url.searchParams.set('token', token ?? '');
     if (this.#resumeToken) url.searchParams.set('resume', this.#resumeToken);
+    this.#presentedResumeToken = this.#resumeToken;
     const ws = new this.#WebSocket(url.toString());
     this.#ws = ws;
     let opened = false;
@@ -501,6 +534,8 @@ export class SignalingClient extends Listeners {
     const data = isObject(frame.data) ? frame.data : {};
     if (event === 'webrtc:connected' || (event === 'webrtc:resumed' && !this.connected)) {
       this.#connected(ws, event, data);
+    } else if (event === 'webrtc:signaling-error' && data.error === 'resume-failed') {
+      this.#resumeFailed();
     }
     const pending = id === undefined ? undefined : this.#pending.get(id);
     if (pending) {
@@ -517,10 +552,16 @@ export class SignalingClient extends Listeners {
 
   #connected(ws, event, data) {
     // A resume (docs/protocol.md §6) keeps the socketId: the room and the peer connections live on.
-    const resumed = event === 'webrtc:resumed' || (this.socketId !== null && data.socketId === this.socketId);
+    const previous = this.socketId ?? this.#resumeSocketId; // (the latter: a page reloaded)
+    const resumed = event === 'webrtc:resumed' || (previous !== null && data.socketId === previous);
     this.socketId = data.socketId;
     this.userId = data.userId ?? this.userId;
-    this.#resumeToken = data.resumeToken ?? this.#resumeToken;
+    if (event === 'webrtc:connected') {
+      // Each token resumes once: the one presented is spent, whether or not this one came with a new one.
+      this.#resumeToken = typeof data.resumeToken === 'string' && data.resumeToken ? data.resumeToken : null;
+      this.#resumeSocketId = this.#resumeToken ? data.socketId : null;
+      this.#saveResume();
+    }
     if (data.authExpiresAt !== undefined) this.authExpiresAt = dateOrNull(data.authExpiresAt);
     this.connected = true;
     this.#attempt = 0;
@@ -624,6 +665,7 @@ export class SignalingClient extends Listeners {
     }
     if (!willReconnect) {
       this.#stopped = true;
+      this.#forgetResume();
       this.#stopCode = refused ? 'origin-refused' : (STOP_CODES.get(code) ?? 'closed');
       if (this.#stopCode === 'too-many-connections') reason ||= TOO_MANY_CONNECTIONS_TEXT;
       this.#rejectPending(null, this.#stopCode, reason || `The connection was closed (${code}).`);
@@ -633,6 +675,56 @@ export class SignalingClient extends Listeners {
     }
     this.dispatch('disconnect', { code, reason, willReconnect });
     if (willReconnect) this.#scheduleReconnect();
+  }
+
+  /**
+   * The server refused the token this socket presented: its `webrtc:connected` (just before)
+   * has already replaced it with the fresh connection's token, if it brought one.
+   */
+  #resumeFailed() {
+    if (this.#resumeToken !== null && this.#resumeToken === this.#presentedResumeToken) this.#forgetResume();
+    this.#presentedResumeToken = null;
+  }
+
+  /** Take up the token a previous page of this tab left in `resumeStorage`, if any. */
+  #loadResume() {
+    let saved = null;
+    try {
+      saved = JSON.parse(this.#resumeStorage?.getItem(this.#resumeKey) ?? 'null', withoutProtoKeys);
+    } catch {
+      saved = null; // unreadable (or a storage that throws): as if there were none
+    }
+    if (isObject(saved) && typeof saved.resumeToken === 'string' && typeof saved.socketId === 'string') {
+      this.#resumeToken = saved.resumeToken;
+      this.#resumeSocketId = saved.socketId;
+    }
+  }
+
+  #saveResume() {
+    if (!this.#resumeToken) {
+      this.#removeSavedResume();
+      return;
+    }
+    const saved = JSON.stringify({ socketId: this.#resumeSocketId, resumeToken: this.#resumeToken });
+    try {
+      this.#resumeStorage?.setItem(this.#resumeKey, saved);
+    } catch {
+      // a full or refused storage: the resume still works within this page
+    }
+  }
+
+  #forgetResume() {
+    this.#resumeToken = null;
+    this.#resumeSocketId = null;
+    this.#removeSavedResume();
+  }
+
+  #removeSavedResume() {
+    try {
+      this.#resumeStorage?.removeItem(this.#resumeKey);
+    } catch {
+      // nothing to remove from a storage that refuses
+    }
   }
 
   /** Whether a new connection could present a newer credential than the last one. */
@@ -663,6 +755,21 @@ export class SignalingClient extends Listeners {
     }
     if (ws === null) this.#queue = [];
   }
+}
+
+/** This tab's `sessionStorage`, or `null` where there is none or it may not be used (a sandbox throws). */
+function defaultResumeStorage() {
+  try {
+    return globalThis.sessionStorage ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** The `resumeStorage` key of the endpoint `wsUrl`: one token per endpoint, whatever its query. */
+function resumeKeyOf(wsUrl) {
+  const url = new URL(wsUrl);
+  return `${RESUME_KEY_PREFIX}${url.origin}${url.pathname}`;
 }
 
 function defaultUrl() {
@@ -754,6 +861,19 @@ function withoutProtoKeys(key, value) {
  * the greater socketId is polite (it rolls its own offer back and answers), the other
  * impolite (it ignores the colliding offer).
  *
+ * Across a dropped signaling connection (docs/protocol.md §6):
+ * - a resume (same socketId) keeps the room and every RTCPeerConnection as they are: media
+ *   never went through the server. Only a connection whose `connectionState` is `failed` at
+ *   that moment, with no negotiation under way, restarts ICE (its restart while we were away
+ *   may have been lost with the socket); the others are left alone;
+ * - a reconnect with a new socketId means the room saw us leave: the mesh closes everything and
+ *   joins again as a newcomer;
+ * - a new page that resumed its tab's last socketId (see {@link SignalingClient}) has no peer
+ *   connections: its join answers `room-joined` again (announced to nobody) and it offers to
+ *   everyone, as a newcomer does. The others recognise such an offer by its DTLS fingerprint (`a=fingerprint`),
+ *   which differs from that of the connection they have with that socketId: the other end of it
+ *   is gone, so they close it and answer with a new one (the same goes for an answer).
+ *
  * Events for the UI (`mesh.on(name, handler)`):
  * - `joined` (room-joined data); `left` ();
  * - `participant` `{participant}`: a remote participant to show (existing ones at join, then newcomers);
@@ -839,6 +959,7 @@ export class CallMesh extends Listeners {
     this.#iceServers = joined.iceServers ?? [];
     this.dispatch('joined', joined);
     for (const participant of joined.existingParticipants) {
+      if (participant.socketId === this.#client.socketId) continue; // (never listed; never our own peer)
       this.#remember(participant);
       this.#peer(participant.socketId, { initiator: true });
     }
@@ -884,13 +1005,24 @@ export class CallMesh extends Listeners {
     }
     // A reconnect with a new socketId means the room saw us leave: start over as a newcomer.
     const onConnect = ({ resumed }) => {
-      if (!this.#active || resumed || !this.joined) return; // (a join still queued is sent as it is)
+      if (!this.#active || !this.joined) return; // (a join still queued is sent as it is)
+      if (resumed) {
+        this.#afterResume();
+        return;
+      }
       this.joined = null;
       for (const socketId of [...this.participants.keys()]) this.#forget(socketId, 'reconnecting');
       this.join().catch((error) => this.dispatch('error', { error }));
     };
     this.#client.on('connect', onConnect);
     this.#subscriptions.push(['connect', onConnect]);
+  }
+
+  /** Back as ourselves: every peer connection lives on; a failed one that is idle tries ICE again. */
+  #afterResume() {
+    for (const { pc } of this.peers.values()) {
+      if (pc.connectionState === 'failed' && pc.signalingState === 'stable') pc.restartIce();
+    }
   }
 
   #stop() {
@@ -975,6 +1107,16 @@ export class CallMesh extends Listeners {
     if (!description || typeof fromSocketId !== 'string') return; // not a description: nothing to negotiate
     if (description.type === 'answer' && !this.peers.has(fromSocketId)) return; // to an offer we closed
     if (!this.participants.has(fromSocketId)) this.#remember({ socketId: fromSocketId, userId: fromUserId });
+    const known = this.peers.get(fromSocketId);
+    if (known && isAnotherPeer(known.pc, description)) {
+      // That participant is a new page that resumed the socketId: our connection leads nowhere now.
+      this.#closePeer(fromSocketId);
+      if (description.type === 'answer') {
+        // An answer of its new connection cannot be applied to a new one of ours: offer afresh.
+        this.#peer(fromSocketId, { initiator: true });
+        return;
+      }
+    }
     const peer = this.#peer(fromSocketId);
     const { pc } = peer;
     try {
@@ -1026,6 +1168,28 @@ export class CallMesh extends Listeners {
     pc.onnegotiationneeded = pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
     pc.close();
   }
+}
+
+/**
+ * Whether `description` comes from another RTCPeerConnection than the remote description of `pc`
+ * does: their DTLS fingerprints differ (a connection keeps its certificate for life). `false` when
+ * either has none, or `pc` has no remote description yet.
+ */
+function isAnotherPeer(pc, description) {
+  const current = pc.currentRemoteDescription ?? pc.remoteDescription;
+  if (!current?.sdp) return false;
+  const before = fingerprintsOf(current.sdp);
+  const now = fingerprintsOf(description.sdp);
+  return before !== '' && now !== '' && before !== now;
+}
+
+/** The `a=fingerprint` values of an SDP (session and media level), normalised, sorted and joined. */
+function fingerprintsOf(sdp) {
+  const found = new Set();
+  for (const match of sdp.matchAll(/^a=fingerprint:[ \t]*(\S+)[ \t]+(\S+)[ \t]*\r?$/gim)) {
+    found.add(`${match[1].toLowerCase()} ${match[2].toUpperCase()}`);
+  }
+  return [...found].sort().join(',');
 }
 
 function plainDescription(description) {
