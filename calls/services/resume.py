@@ -106,6 +106,7 @@ async def park(caller: Caller) -> None:
     fence = state.inbox if state.forwardable else None
     if caller.session_id is not None:
         persist(history.record_relays, session_id=caller.session_id, counts=caller.counts.reset())
+    state.parked[caller.socket_id] = parked  # a shutdown waits for it from now on
     try:
         await state.presence.park(
             Parking(
@@ -121,12 +122,14 @@ async def park(caller: Caller) -> None:
         )
     except PresenceUnavailable:
         caller.parked = False
+        parked.sealed.set()
+        if state.parked.get(caller.socket_id) is parked:
+            del state.parked[caller.socket_id]
         if caller.mailbox is not None:
             delivery.close_mailbox(caller.socket_id, caller.mailbox)
         raise
     if fence is None:
         parked.sealed.set()
-    state.parked[caller.socket_id] = parked
     state.spawn(_keep_late(parked))
     logger.info("parked room=%s %s", caller.room_id, caller.log_context())
 
