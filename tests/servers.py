@@ -189,3 +189,25 @@ def demo_server(
         yield server
     finally:
         server.stop()
+
+
+def restart_daphne(server: Server, env: dict[str, str], log_path: Path) -> Server:
+    """A new daphne process on the port of ``server``, whose process must have exited
+    (a rolling restart); returned once it serves."""
+    assert server.process.poll() is not None, "the old process still runs"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            daphne_command(server.port), cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    restarted = Server(server.port, process, log_path)
+    try:
+        wait_until_serving(restarted)
+    except BaseException:
+        restarted.stop(signal.SIGKILL)
+        raise
+    return restarted
+
+
+def metric_sum(servers: list[Server], sample: str) -> float:
+    """A ``/metrics`` sample summed over the processes of ``servers`` that still run."""
+    return sum(server.metric(sample) for server in servers if server.process.poll() is None)
