@@ -8,8 +8,11 @@ from typing import Any
 from django.contrib import admin
 from django.db.models import Count, Prefetch, QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
-from calls.models import CallParticipant, CallRoom
+from calls.models import CallParticipant, CallRing, CallRoom, ModerationAction
 
 
 def _format_duration(value: dt.timedelta | None) -> str:
@@ -48,12 +51,59 @@ class LiveFilter(admin.SimpleListFilter):
 class CallParticipantInline(ReadOnlyAdminMixin, admin.TabularInline):
     model = CallParticipant
     extra = 0
-    fields = ("user", "socket_id", "joined_at", "left_at", "stay", "leave_reason")
+    fields = ("user", "socket_id", "joined_at", "left_at", "stay", "leave_reason", "media_changes", "resumes")
     readonly_fields = fields
 
     @admin.display(description="duration")
     def stay(self, obj: CallParticipant) -> str:
         return _format_duration(obj.duration)
+
+
+class OutcomeFilter(admin.SimpleListFilter):
+    """A ring's outcome, with "ringing" for the rings that have none yet."""
+
+    title = "outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("ringing", "Ringing"), *((str(value), str(label)) for value, label in CallRing.Outcome.choices)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[CallRing]) -> QuerySet[CallRing]:
+        value = self.value()
+        if value == "ringing":
+            return queryset.filter(outcome="")
+        if value in CallRing.Outcome.values:
+            return queryset.filter(outcome=value)
+        return queryset
+
+
+def _ring_status(ring: CallRing) -> str:
+    return ring.get_outcome_display() if ring.outcome else "ringing"
+
+
+class CallRingInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = CallRing
+    extra = 0
+    fields = ("callee", "ringer", "status", "started_at", "ended_at", "ring_id")
+    readonly_fields = fields
+    verbose_name = "ring"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[CallRing]:
+        return super().get_queryset(request).select_related("callee", "ringer")
+
+    @admin.display(description="outcome")
+    def status(self, obj: CallRing) -> str:
+        return _ring_status(obj)
+
+
+class ModerationActionInline(ReadOnlyAdminMixin, admin.TabularInline):
+    model = ModerationAction
+    extra = 0
+    fields = ("at", "action", "actor", "target_user", "target_socket_id", "banned_until")
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModerationAction]:
+        return super().get_queryset(request).select_related("actor", "target_user")
 
 
 @admin.register(CallRoom)
@@ -65,7 +115,7 @@ class CallRoomAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     search_fields = ("room_id", "participants__user__username", "created_by__username")
     date_hierarchy = "started_at"
     list_select_related = ("group", "created_by")
-    inlines = (CallParticipantInline,)
+    inlines = (CallParticipantInline, CallRingInline, ModerationActionInline)
     readonly_fields = (
         "room_id",
         "session_id",
@@ -75,6 +125,7 @@ class CallRoomAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "metadata",
         "started_at",
         "ended_at",
+        "ended_by",
         "peak_participants",
         "offers_relayed",
         "answers_relayed",
@@ -120,6 +171,63 @@ class CallRoomAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 NAMES_SHOWN = 4
+
+
+def _session_link(call: CallRoom) -> SafeString:
+    """The room id, linking to its session's page."""
+    return format_html('<a href="{}">{}</a>', reverse("admin:calls_callroom_change", args=[call.pk]), call.room_id)
+
+
+def _utc(value: dt.datetime | None) -> str:
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "—"
+
+
+@admin.register(CallRing)
+class CallRingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Every callee's ring, across sessions: who was rung, by whom, and how it ended."""
+
+    list_display = ("callee", "ringer", "session", "status", "started", "ended")
+    list_filter = (OutcomeFilter, "started_at")
+    search_fields = ("ring_id", "callee__username", "ringer__username", "call__room_id")
+    date_hierarchy = "started_at"
+    list_select_related = ("call", "callee", "ringer")
+    readonly_fields = ("call", "ring_id", "ringer", "callee", "started_at", "expires_at", "ended_at", "outcome")
+
+    @admin.display(description="call", ordering="call__room_id")
+    def session(self, obj: CallRing) -> SafeString:
+        return _session_link(obj.call)
+
+    @admin.display(description="outcome", ordering="outcome")
+    def status(self, obj: CallRing) -> str:
+        return _ring_status(obj)
+
+    @admin.display(description="started (UTC)", ordering="started_at")
+    def started(self, obj: CallRing) -> str:
+        return _utc(obj.started_at)
+
+    @admin.display(description="ended (UTC)", ordering="ended_at")
+    def ended(self, obj: CallRing) -> str:
+        return _utc(obj.ended_at)
+
+
+@admin.register(ModerationAction)
+class ModerationActionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+    """Every kick, ban, end of a call, lock and unlock, across sessions."""
+
+    list_display = ("when", "action", "actor", "target_user", "session", "banned_until")
+    list_filter = ("action", "at")
+    search_fields = ("actor__username", "target_user__username", "target_socket_id", "call__room_id")
+    date_hierarchy = "at"
+    list_select_related = ("call", "actor", "target_user")
+    readonly_fields = ("call", "actor", "action", "target_user", "target_socket_id", "banned_until", "at")
+
+    @admin.display(description="at (UTC)", ordering="at")
+    def when(self, obj: ModerationAction) -> str:
+        return _utc(obj.at)
+
+    @admin.display(description="call", ordering="call__room_id")
+    def session(self, obj: ModerationAction) -> SafeString:
+        return _session_link(obj.call)
 
 
 def _person(participant: CallParticipant) -> str:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
@@ -31,7 +32,7 @@ from django.conf import settings
 from calls import metrics, process
 from calls.layers import DispatchingRedisPubSubChannelLayer
 from calls.presence.base import PARKED_INBOX, Forward
-from calls.protocol import Outgoing
+from calls.protocol import Event, Outgoing
 
 logger = logging.getLogger("calls")
 
@@ -39,6 +40,7 @@ MAILBOX_CAPACITY = 100  # frames waiting for one connection, as Channels' defaul
 LOCAL_INBOX = "local"  # the inbox name when the channel layer does not span processes
 _DELIVER, _CLOSE = "calls.deliver", "calls.close"  # messages between processes' inboxes
 FENCE = "calls.fence"  # from presence, once a participant of this process is parked
+ENDS_MEMBERSHIP = frozenset({Event.KICKED, Event.CALL_ENDED})
 
 
 class Mailbox:
@@ -144,6 +146,8 @@ async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
     undelivered = 0
     here, remote = _sorted(addresses)
     for socket_id, mailbox in here:
+        if event.event in ENDS_MEMBERSHIP:
+            _out_of_room(socket_id, event)
         if not mailbox.put_frame(event):
             undelivered += 1
             logger.warning("mailbox full, frame refused socketId=%s", socket_id)
@@ -193,6 +197,21 @@ def _of_epoch(socket_id: str, epoch: int | None) -> bool:
         return True
     caller = process.current().connections.get(socket_id)
     return caller is not None and caller.epoch == epoch
+
+
+def _out_of_room(socket_id: str, event: Outgoing) -> None:
+    """A connection of this process was put out of its room by another's request (kicked,
+    the call ended): its caller forgets the room now, before its next request."""
+    caller = process.current().connections.get(socket_id)
+    if caller is not None and caller.room_id == _room_decoder.decode(event.encoded_data()).callRoomId:
+        caller.exit()
+
+
+class _RoomOf(msgspec.Struct):
+    callRoomId: str
+
+
+_room_decoder = msgspec.json.Decoder(_RoomOf)
 
 
 def _sorted(addresses: Iterable[str]) -> tuple[list[tuple[str, Mailbox]], dict[str, list[str]]]:
@@ -267,6 +286,8 @@ def _take(message: dict[str, Any]) -> None:
         mailbox = mailboxes.get(socket_id)
         if mailbox is None:
             continue
+        if event is not None and event.event in ENDS_MEMBERSHIP:
+            _out_of_room(socket_id, event)
         if event is None:
             if _of_epoch(socket_id, message.get("epoch")):
                 mailbox.put_close(message["code"])

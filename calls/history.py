@@ -17,12 +17,13 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from calls.models import CallParticipant, CallRoom
+from calls.models import CallParticipant, CallRing, CallRoom, ModerationAction
 from calls.presence.base import Departure, Participant, RoomSession, room_key
 from calls.protocol import Event, LeaveReason
 
@@ -75,6 +76,10 @@ def _described(write: Callable[..., Any], kwargs: dict[str, Any]) -> str:
         parts.append(f"room={session.room_id} session={session.session_id}")
     if participant is not None:
         parts.append(f"socketId={participant.socket_id} userId={participant.user_id}")
+    # The writes that name their session by id (rings, moderation, media, call ends).
+    for key, label in (("session_id", "session"), ("ring_id", "ringId"), ("socket_id", "socketId")):
+        if session is None and kwargs.get(key):
+            parts.append(f"{label}={kwargs[key]}")
     return " ".join(parts)
 
 
@@ -198,6 +203,135 @@ def record_relays(*, session_id: str, counts: RelayCounts) -> None:
 
 def record_resume(*, session_id: str, socket_id: str) -> None:
     CallParticipant.objects.filter(call__session_id=session_id, socket_id=socket_id).update(resumes=F("resumes") + 1)
+
+
+def record_ring(
+    *,
+    session_id: str,
+    ring_id: str,
+    ringer_user_id: str,
+    callee_user_ids: list[str],
+    started_at: str,
+    expires_at: str,
+) -> None:
+    """Record a ``webrtc:ring`` (docs/protocol.md §9): one row per callee, ringing until
+    ``record_ring_outcome``. Nothing for a session without a row; a callee deleted
+    meanwhile gets no row, a ringer deleted meanwhile leaves ``ringer`` empty; a callee
+    already recorded for this ring keeps its row."""
+    call_id = CallRoom.objects.filter(session_id=session_id).values_list("pk", flat=True).first()
+    if call_id is None:
+        return
+    callees = _existing_users(callee_user_ids)
+    if not callees:
+        return
+    ringer = _existing_users([ringer_user_id])
+    start, expiry = _parse_utc(started_at), _parse_utc(expires_at)
+    CallRing.objects.bulk_create(
+        [
+            CallRing(
+                call_id=call_id,
+                ring_id=ring_id,
+                ringer_id=ringer[0] if ringer else None,
+                callee_id=callee,
+                started_at=start,
+                expires_at=expiry,
+            )
+            for callee in callees
+        ],
+        ignore_conflicts=True,  # (ring_id, callee) recorded already
+    )
+
+
+def record_ring_outcome(*, ring_id: str, callee_user_id: str, outcome: str, at: str) -> None:
+    """End one callee's ring with ``outcome`` (a ``CallRing.Outcome`` value) at ``at``.
+    Only a ring still without an outcome changes: the first outcome written stays.
+    Nothing for an unknown ring or callee; ``ValueError`` for an unknown outcome."""
+    outcome = CallRing.Outcome(outcome).value
+    callee = _user_pk(callee_user_id)
+    if callee is None:
+        return
+    CallRing.objects.filter(ring_id=ring_id, callee_id=callee, outcome="").update(
+        outcome=outcome, ended_at=_parse_utc(at)
+    )
+
+
+def record_moderation(
+    *,
+    session_id: str,
+    actor_user_id: str,
+    action: str,
+    at: str,
+    target_user_id: str | None = None,
+    target_socket_id: str = "",
+    banned_until: str | None = None,
+) -> None:
+    """Record a moderator's ``action`` (a ``ModerationAction.Action`` value) in a session
+    (docs/protocol.md §10). Nothing for a session without a row; users deleted meanwhile
+    are left empty; ``ValueError`` for an unknown action."""
+    action = ModerationAction.Action(action).value
+    call_id = CallRoom.objects.filter(session_id=session_id).values_list("pk", flat=True).first()
+    if call_id is None:
+        return
+    actor = _existing_users([actor_user_id])
+    target = _existing_users([target_user_id]) if target_user_id else []
+    ModerationAction.objects.create(
+        call_id=call_id,
+        actor_id=actor[0] if actor else None,
+        action=action,
+        target_user_id=target[0] if target else None,
+        target_socket_id=target_socket_id,
+        banned_until=_parse_utc(banned_until) if banned_until else None,
+        at=_parse_utc(at),
+    )
+
+
+def record_media_change(*, session_id: str, socket_id: str) -> None:
+    """Count one ``webrtc:media-state`` of a participant (docs/protocol.md §5 rule 11)."""
+    CallParticipant.objects.filter(call__session_id=session_id, socket_id=socket_id).update(
+        media_changes=F("media_changes") + 1
+    )
+
+
+def record_call_ended(*, session_id: str, ended_by_user_id: str, at: str) -> None:
+    """Record a ``webrtc:end-call`` (docs/protocol.md §10): the session ends at ``at``,
+    ended by that user, and whoever was still in it leaves as ``call-ended``; its rings
+    still ringing end with ``call-ended`` too. A session already ended keeps its end
+    (and gets its ``ended_by`` if it had none). Nothing for a session without a row."""
+    call_id = CallRoom.objects.filter(session_id=session_id).values_list("pk", flat=True).first()
+    if call_id is None:
+        return
+    when = _parse_utc(at)
+    ended_by = _existing_users([ended_by_user_id])
+    ender = ended_by[0] if ended_by else None
+    CallRoom.objects.filter(pk=call_id, ended_at__isnull=True).update(ended_at=when, ended_by_id=ender)
+    if ender is not None:
+        CallRoom.objects.filter(pk=call_id, ended_by__isnull=True).update(ended_by_id=ender)
+    CallParticipant.objects.filter(call_id=call_id, left_at__isnull=True).update(
+        left_at=when, leave_reason=CallParticipant.LeaveReason.CALL_ENDED.value
+    )
+    CallRing.objects.filter(call_id=call_id, outcome="").update(
+        outcome=CallRing.Outcome.CALL_ENDED.value, ended_at=when
+    )
+
+
+def _parse_utc(value: str) -> dt.datetime:
+    """An ISO 8601 time; one without an offset is taken as UTC."""
+    parsed = _parse_time(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
+
+
+def _user_pk(user_id: str) -> int | None:
+    """The pk a protocol userId names (the decimal string of a pk), or None."""
+    return int(user_id) if user_id.isascii() and user_id.isdecimal() else None
+
+
+def _existing_users(user_ids: list[str]) -> list[int]:
+    """The pks of those of ``user_ids`` whose users exist, in their order, once each: a
+    user deleted while a write waited is left out rather than fail the write (a
+    deletion racing the write itself still fails it, in its own savepoint)."""
+    pks = list(dict.fromkeys(pk for pk in map(_user_pk, user_ids) if pk is not None))
+    found = set(get_user_model().objects.filter(pk__in=pks).values_list("pk", flat=True))
+    return [pk for pk in pks if pk in found]
 
 
 def _relay_updates(counts: RelayCounts) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from django.conf import settings
 from calls import credentials, history, liveness, services
 from calls.presence import get_presence
 from calls.presence.base import Presence, PresenceUnavailable
-from calls.services import resume
+from calls.services import resume, ringing
 
 logger = logging.getLogger("calls")
 
@@ -68,7 +68,7 @@ class ServerLifecycle:
                 self._liveness = asyncio.create_task(liveness.liveness_loop())
             await close_orphaned_sessions(presence)
             self._sweep = asyncio.create_task(credentials.sweep_loop())
-            self._expiry = asyncio.create_task(resume.expiry_loop())
+            self._expiry = asyncio.create_task(timers_loop())
             if self.handle_signals:
                 self._install_sigterm_handler()
             self.started = True
@@ -127,6 +127,20 @@ class ServerLifecycle:
                 self._stopping = loop.create_task(shut_down_then_stop())
 
         signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(on_sigterm))
+
+
+async def timers_loop() -> None:
+    """End what presence says is due, on whichever process gets there first: parked
+    participants whose grace is over, rings whose time is up."""
+    while True:
+        await asyncio.sleep(resume.expiry_interval_secs())
+        for expire in (resume.expire_parked, ringing.expire_rings):
+            try:
+                await expire()
+            except PresenceUnavailable as exc:
+                logger.warning("%s skipped, presence unavailable: %s", expire.__name__, exc)
+            except Exception:
+                logger.exception("%s failed", expire.__name__)
 
 
 # Every websocket is a file descriptor; below this many, one process runs out of them

@@ -1,6 +1,7 @@
 """Prometheus metrics of one server process (scrape every process; see README).
 
-Gauges are this process's share: sum them over processes for the cluster.
+Gauges are this process's share: sum them over processes for the cluster, except
+``calls_parked``, which every process reads from presence for the whole cluster.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ RESUME_FAILED = Counter("calls_resume_failures", "Resume tokens refused")
 RESUME_DROPPED = Counter(
     "calls_resume_buffer_dropped", "Messages dropped from a parked participant's full buffer, oldest first"
 )
+RINGS = Counter("calls_rings", "Callees rung")
+RING_OUTCOMES = Counter("calls_ring_outcomes", "Callees' rings ended, by outcome", ["outcome"])
+MODERATION = Counter("calls_moderation_actions", "Moderation actions, by action", ["action"])
+MEDIA_CHANGES = Counter("calls_media_changes", "Media state changes of participants")
 LOST = Counter("calls_participants_lost", "Participants removed because their process died")
 JOIN_SECONDS = Histogram(
     "calls_join_seconds",

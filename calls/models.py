@@ -26,6 +26,14 @@ class CallRoom(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="created_calls"
     )
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="ended_calls",
+        help_text="The moderator who ended the call for everyone (webrtc:end-call), if one did",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     started_at = models.DateTimeField()
     ended_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -65,6 +73,8 @@ class CallParticipant(models.Model):
         SWITCHED_ROOM = "switched-room"
         LOST = "lost"
         REMOVED = "removed"
+        KICKED = "kicked"
+        CALL_ENDED = "call-ended"
 
     call = models.ForeignKey(CallRoom, on_delete=models.CASCADE, related_name="participants")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="calls")
@@ -73,6 +83,7 @@ class CallParticipant(models.Model):
     left_at = models.DateTimeField(null=True, blank=True)
     leave_reason = models.CharField(max_length=16, choices=LeaveReason.choices, blank=True)
     resumes = models.PositiveIntegerField(default=0, help_text="Times the connection dropped and resumed")
+    media_changes = models.PositiveIntegerField(default=0, help_text="Times the participant changed its media state")
 
     class Meta:
         ordering = ("joined_at", "id")
@@ -84,3 +95,74 @@ class CallParticipant(models.Model):
     @property
     def duration(self) -> dt.timedelta | None:
         return self.left_at - self.joined_at if self.left_at else None
+
+
+class CallRing(models.Model):
+    """One callee's ring of a ``webrtc:ring`` (docs/protocol.md §9): one row per rung
+    user, with how that user's ring ended."""
+
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted"
+        DECLINED = "declined"
+        MISSED = "missed"
+        CANCELLED = "cancelled"
+        CALL_ENDED = "call-ended"
+
+    call = models.ForeignKey(CallRoom, on_delete=models.CASCADE, related_name="rings")
+    ring_id = models.CharField(max_length=64, db_index=True, help_text="The server-issued ringId")
+    ringer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="rings_made"
+    )
+    callee = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="rings_received"
+    )
+    started_at = models.DateTimeField()
+    expires_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(
+        max_length=16, choices=Outcome.choices, blank=True, help_text="Blank while the callee is being rung"
+    )
+
+    class Meta:
+        ordering = ("started_at", "id")
+        constraints = [models.UniqueConstraint(fields=("ring_id", "callee"), name="one_row_per_ring_and_callee")]
+
+    def __str__(self) -> str:
+        return f"ring {self.ring_id} of {self.callee} in {self.call.room_id}"
+
+    @property
+    def is_ringing(self) -> bool:
+        return self.outcome == ""
+
+
+class ModerationAction(models.Model):
+    """A moderator's kick, ban, end of the call, lock or unlock (docs/protocol.md §10)."""
+
+    class Action(models.TextChoices):
+        KICK = "kick"
+        BAN = "ban"
+        END_CALL = "end-call"
+        LOCK = "lock"
+        UNLOCK = "unlock"
+
+    call = models.ForeignKey(CallRoom, on_delete=models.CASCADE, related_name="moderation_actions")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="moderation_actions"
+    )
+    action = models.CharField(max_length=16, choices=Action.choices)
+    target_user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="moderation_actions_against",
+    )
+    target_socket_id = models.CharField(max_length=64, blank=True)
+    banned_until = models.DateTimeField(null=True, blank=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("at", "id")
+
+    def __str__(self) -> str:
+        return f"{self.action} by {self.actor} in {self.call.room_id}"

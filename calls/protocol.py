@@ -33,6 +33,13 @@ class Event(StrEnum):
     ANSWER = "webrtc:answer"
     ICE_CANDIDATE = "webrtc:ice-candidate"
     REFRESH_AUTH = "webrtc:refresh-auth"
+    MEDIA_STATE = "webrtc:media-state"
+    RING = "webrtc:ring"
+    RING_REPLY = "webrtc:ring-reply"
+    RING_CANCEL = "webrtc:ring-cancel"
+    KICK = "webrtc:kick"
+    END_CALL = "webrtc:end-call"
+    LOCK_ROOM = "webrtc:lock-room"
     # server → client (offer, answer and ice-candidate are relayed under their own names)
     CONNECTED = "webrtc:connected"
     RESUMED = "webrtc:resumed"
@@ -42,6 +49,14 @@ class Event(StrEnum):
     PARTICIPANT_LEFT = "webrtc:participant-left"
     SIGNALING_ERROR = "webrtc:signaling-error"
     ACK = "webrtc:ack"
+    PARTICIPANT_UPDATED = "webrtc:participant-updated"
+    ROOM_UPDATED = "webrtc:room-updated"
+    KICKED = "webrtc:kicked"
+    CALL_ENDED = "webrtc:call-ended"
+    RING_STARTED = "webrtc:ring-started"
+    INCOMING_CALL = "webrtc:incoming-call"
+    RING_UPDATED = "webrtc:ring-updated"
+    RING_ENDED = "webrtc:ring-ended"
 
 
 class ErrorCode(StrEnum):
@@ -52,6 +67,8 @@ class ErrorCode(StrEnum):
     PARTICIPANT_NOT_FOUND = "participant-not-found"
     FORBIDDEN = "forbidden"
     ROOM_FULL = "room-full"
+    ROOM_LOCKED = "room-locked"
+    RING_NOT_FOUND = "ring-not-found"
     MESSAGE_TOO_LARGE = "message-too-large"
     RATE_LIMITED = "rate-limited"
     RESUME_FAILED = "resume-failed"
@@ -64,6 +81,17 @@ class LeaveReason(StrEnum):
     SWITCHED_ROOM = "switched-room"
     LOST = "lost"
     REMOVED = "removed"  # no longer a member of the room's group
+    KICKED = "kicked"
+
+
+class RingOutcome(StrEnum):
+    """How one callee's ring ended (docs/protocol.md §9)."""
+
+    ACCEPTED = "accepted"
+    DECLINED = "declined"
+    MISSED = "missed"
+    CANCELLED = "cancelled"
+    CALL_ENDED = "call-ended"
 
 
 class CloseCode:
@@ -152,10 +180,19 @@ class IceCandidateInit(Struct, frozen=True):
         return _present_fields(self)
 
 
+class Media(Struct, frozen=True):
+    """What a participant sends (docs/protocol.md §5 rule 11)."""
+
+    audio: bool
+    video: bool
+    screen: bool = False
+
+
 class JoinRoom(Struct, frozen=True):
     callRoomId: RoomId
     callType: Literal["audio", "video"] | None = None
     metadata: dict[str, Any] | None = None
+    media: Media | None = None
 
 
 class LeaveRoom(Struct, frozen=True):
@@ -188,7 +225,62 @@ class RefreshAuth(Struct, frozen=True):
     token: str
 
 
-Request = JoinRoom | LeaveRoom | Offer | Answer | IceCandidate | RefreshAuth
+class MediaState(Struct, frozen=True):
+    callRoomId: RoomId
+    audio: bool
+    video: bool
+    screen: bool = False
+
+
+UserId = Annotated[str, Meta(min_length=1, max_length=64)]
+RingId = Annotated[str, Meta(min_length=1, max_length=64)]
+MAX_BAN_SECS = 86400
+
+
+class Ring(Struct, frozen=True):
+    callRoomId: RoomId
+    userIds: Annotated[list[UserId], Meta(min_length=1, max_length=64)] | None = None
+
+
+class RingReply(Struct, frozen=True):
+    ringId: RingId
+    response: Literal["accept", "decline"]
+
+
+class RingCancel(Struct, frozen=True):
+    ringId: RingId
+
+
+class Kick(Struct, frozen=True):
+    callRoomId: RoomId
+    targetSocketId: SocketId
+    banSecs: Annotated[int, Meta(ge=0, le=MAX_BAN_SECS)] = 0
+
+
+class EndCall(Struct, frozen=True):
+    callRoomId: RoomId
+
+
+class LockRoom(Struct, frozen=True):
+    callRoomId: RoomId
+    locked: bool
+
+
+Request = (
+    JoinRoom
+    | LeaveRoom
+    | Offer
+    | Answer
+    | IceCandidate
+    | RefreshAuth
+    | MediaState
+    | Ring
+    | RingReply
+    | RingCancel
+    | Kick
+    | EndCall
+    | LockRoom
+)
 
 REQUEST_SCHEMAS: dict[str, type[Request]] = {
     Event.JOIN_ROOM: JoinRoom,
@@ -197,6 +289,13 @@ REQUEST_SCHEMAS: dict[str, type[Request]] = {
     Event.ANSWER: Answer,
     Event.ICE_CANDIDATE: IceCandidate,
     Event.REFRESH_AUTH: RefreshAuth,
+    Event.MEDIA_STATE: MediaState,
+    Event.RING: Ring,
+    Event.RING_REPLY: RingReply,
+    Event.RING_CANCEL: RingCancel,
+    Event.KICK: Kick,
+    Event.END_CALL: EndCall,
+    Event.LOCK_ROOM: LockRoom,
 }
 
 
@@ -351,6 +450,7 @@ class ParticipantData(Struct, frozen=True):
     username: str
     displayName: str
     joinedAt: str  # ISO 8601 UTC
+    media: Media
 
 
 class Connected(Struct, frozen=True):
@@ -373,6 +473,7 @@ class RoomJoined(Struct, frozen=True):
     participant: ParticipantData
     metadata: dict[str, Any]
     iceServers: list[dict[str, Any]]
+    locked: bool
 
 
 class RoomLeft(Struct, frozen=True):
@@ -427,6 +528,58 @@ class Ack(Struct, frozen=True):
     event: str
 
 
+class ParticipantUpdated(Struct, frozen=True):
+    callRoomId: str
+    participant: ParticipantData
+
+
+class RoomUpdated(Struct, frozen=True):
+    callRoomId: str
+    locked: bool
+    by: ParticipantData
+
+
+class Kicked(Struct, frozen=True):
+    callRoomId: str
+    by: ParticipantData
+    bannedUntil: str | UnsetType = UNSET
+
+
+class CallEnded(Struct, frozen=True):
+    callRoomId: str
+    by: ParticipantData
+
+
+class RingStarted(Struct, frozen=True):
+    ringId: str
+    callRoomId: str
+    userIds: list[str]
+    expiresAt: str
+
+
+class IncomingCall(Struct, frozen=True):
+    ringId: str
+    callRoomId: str
+    groupId: str
+    callType: str
+    expiresAt: str
+    # "from" is a keyword in Python
+    from_: ParticipantData = msgspec.field(name="from")
+
+
+class RingUpdated(Struct, frozen=True):
+    ringId: str
+    callRoomId: str
+    userId: str
+    status: RingOutcome
+
+
+class RingEnded(Struct, frozen=True):
+    ringId: str
+    callRoomId: str
+    reason: RingOutcome
+
+
 SERVER_EVENTS: dict[Event, type[Struct]] = {
     Event.CONNECTED: Connected,
     Event.RESUMED: Resumed,
@@ -439,6 +592,14 @@ SERVER_EVENTS: dict[Event, type[Struct]] = {
     Event.ICE_CANDIDATE: RelayedIceCandidate,
     Event.SIGNALING_ERROR: SignalingErrorData,
     Event.ACK: Ack,
+    Event.PARTICIPANT_UPDATED: ParticipantUpdated,
+    Event.ROOM_UPDATED: RoomUpdated,
+    Event.KICKED: Kicked,
+    Event.CALL_ENDED: CallEnded,
+    Event.RING_STARTED: RingStarted,
+    Event.INCOMING_CALL: IncomingCall,
+    Event.RING_UPDATED: RingUpdated,
+    Event.RING_ENDED: RingEnded,
 }
 
 

@@ -56,6 +56,7 @@ async def open_session(
         user_id=str(user.pk),
         username=user.username,
         display_name=user.shown_name,
+        is_staff=bool(user.is_staff),
         auth_expires_at=auth_expires_at,
         resume_token=resume_token,
     )

@@ -212,6 +212,7 @@ CALLS_WS_TICKET_TTL_SECS = env_int("CALLS_WS_TICKET_TTL_SECS", 30, minimum=1)
 CALLS_PRESENCE_TTL_SECS = env_int("CALLS_PRESENCE_TTL_SECS", 30, minimum=3)
 CALLS_RESUME_GRACE_SECS = env_int("CALLS_RESUME_GRACE_SECS", 20, minimum=0)
 CALLS_RESUME_BUFFER = env_int("CALLS_RESUME_BUFFER", 256, minimum=0)
+CALLS_RING_TIMEOUT_SECS = env_int("CALLS_RING_TIMEOUT_SECS", 30, minimum=1)
 CALLS_MAX_CONNECTIONS_PER_USER = env_int("CALLS_MAX_CONNECTIONS_PER_USER", 10, minimum=1)
 CALLS_JOINS_PER_MINUTE = env_int("CALLS_JOINS_PER_MINUTE", 30, minimum=1)
 # Call-history writes waiting for the database, per process; past it, joins are refused

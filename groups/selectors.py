@@ -19,6 +19,17 @@ def group_ids_of_user(*, user_id: int) -> frozenset[str]:
     return frozenset(str(pk) for pk in Membership.objects.filter(user_id=user_id).values_list("group_id", flat=True))
 
 
+def group_roles_of_user(*, user_id: int) -> dict[str, str]:
+    """The user's role in each of its groups, by the group's primary key as a string."""
+    rows = Membership.objects.filter(user_id=user_id).values_list("group_id", "role")
+    return {str(group_id): role for group_id, role in rows}
+
+
+def member_ids_of_group(*, group_id: int) -> set[str]:
+    """The primary keys, as strings, of the group's members."""
+    return {str(pk) for pk in Membership.objects.filter(group_id=group_id).values_list("user_id", flat=True)}
+
+
 def groups_of_user(*, user_id: int) -> QuerySet[Group]:
     return Group.objects.filter(memberships__user_id=user_id).order_by("name", "id")
 

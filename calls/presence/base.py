@@ -30,8 +30,12 @@ class Participant:
     username: str
     display_name: str
     joined_at: str  # ISO 8601 UTC
+    # What it sends (docs/protocol.md §5 rule 11); ``video`` None: as the room's call type.
+    audio: bool = True
+    video: bool | None = None
+    screen: bool = False
 
-    def wire(self) -> dict[str, str]:
+    def wire(self) -> dict[str, Any]:
         """The participant object of docs/protocol.md §4."""
         return {
             "socketId": self.socket_id,
@@ -39,7 +43,22 @@ class Participant:
             "username": self.username,
             "displayName": self.display_name,
             "joinedAt": self.joined_at,
+            "media": {"audio": self.audio, "video": bool(self.video), "screen": self.screen},
         }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> Participant:
+        media = data.get("media") or {"audio": True, "video": True, "screen": False}
+        return cls(
+            data["socketId"],
+            data["userId"],
+            data["username"],
+            data["displayName"],
+            data["joinedAt"],
+            bool(media["audio"]),
+            bool(media["video"]),
+            bool(media["screen"]),
+        )
 
 
 def room_key(room_id: str, group_id: str | None) -> str:
@@ -76,6 +95,8 @@ class JoinStatus(Enum):
     ALREADY_IN_ROOM = "already-in-room"
     FORBIDDEN = "forbidden"  # the room is a group's, and the joiner is not in it
     FULL = "full"
+    LOCKED = "locked"  # and the joiner may not pass a lock
+    BANNED = "banned"  # the joiner's user is banned from the room until ``banned_until``
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +118,8 @@ class JoinOutcome:
     session: RoomSession | None = None
     members: tuple[Member, ...] = ()  # everyone in the room after the join, oldest first
     previous: Departure | None = None  # the room this connection left to join this one
+    locked: bool = False
+    banned_until_ms: int | None = None
 
     def others(self, socket_id: str) -> tuple[Member, ...]:
         return tuple(m for m in self.members if m.participant.socket_id != socket_id)
@@ -190,6 +213,29 @@ class Expired:
     departure: Departure | None
 
 
+@dataclass(frozen=True, slots=True)
+class RingRecord:
+    """One ring (docs/protocol.md §9): who rang, for which room, until when."""
+
+    ring_id: str
+    room_key: str
+    room_id: str
+    group_id: str
+    call_type: str
+    session_id: str
+    ringer: Participant
+    expires_at_ms: int  # Unix time in ms
+
+
+@dataclass(frozen=True, slots=True)
+class RingEnd:
+    """A callee's ring that ended, once."""
+
+    ring: RingRecord
+    user_id: str
+    outcome: str
+
+
 class PresenceUnavailable(Exception):
     """The store cannot be reached; the operation did not happen."""
 
@@ -224,15 +270,18 @@ class Presence(abc.ABC):
         member: Member,
         capacity: int,
         group_ids: frozenset[str],
+        moderator: bool = False,
     ) -> JoinOutcome:
         """Put ``member`` in the room ``new_session.key``.
 
         If the room has no live session, ``new_session`` becomes it (``CREATED``);
         otherwise the live one is kept and ``new_session`` is ignored. A join to a
         group's room by someone whose ``group_ids`` lack the group answers ``FORBIDDEN``,
-        a room with ``capacity`` members ``FULL``, and both change nothing. A member
-        already in the room gets ``ALREADY_IN_ROOM``; one in another room is moved
-        (``previous``).
+        by a banned user ``BANNED``, to a locked room by someone who is neither
+        ``moderator`` nor its creator ``LOCKED``, to a room with ``capacity`` members
+        ``FULL``; all of them change nothing. A member already in the room gets
+        ``ALREADY_IN_ROOM``; one in another room is moved (``previous``). A member whose
+        participant's ``video`` is None sends video if the room's call type is video.
         """
 
     @abc.abstractmethod
@@ -276,6 +325,57 @@ class Presence(abc.ABC):
         """Remove the members and connections of processes whose lease expired; each
         departure is returned to exactly one caller, across processes."""
         return []
+
+    # -- media, locks, bans, the end of a call (docs/protocol.md §5 rule 11, §10) ----
+
+    @abc.abstractmethod
+    async def update_media(
+        self, *, room_key: str, socket_id: str, audio: bool, video: bool, screen: bool
+    ) -> tuple[Participant, tuple[Member, ...]] | None:
+        """Set a member's media: the participant as it is now and the room's members;
+        ``None`` if it is not in that room."""
+
+    @abc.abstractmethod
+    async def set_locked(self, *, room_key: str, locked: bool) -> tuple[Member, ...]:
+        """Lock or unlock a live room (the lock ends with its session); its members."""
+
+    @abc.abstractmethod
+    async def ban(self, *, room_key: str, user_id: str, until_ms: int) -> None:
+        """Keep a user out of a room (any of its sessions) until a Unix time in ms."""
+
+    @abc.abstractmethod
+    async def end_room(self, *, room_key: str) -> tuple[RoomSession, tuple[Member, ...]] | None:
+        """End a room's session at once: every member is out; the session and its
+        members as they were, or ``None`` if it had none."""
+
+    # -- rings (docs/protocol.md §9) ------------------------------------------------
+
+    @abc.abstractmethod
+    async def start_ring(self, ring: RingRecord, user_ids: list[str]) -> list[str]:
+        """Ring these users for ``ring.room_key`` until ``ring.expires_at_ms``; those
+        already rung for that room keep their ring. Returns the users rung now."""
+
+    @abc.abstractmethod
+    async def end_rings(
+        self,
+        *,
+        outcome: str,
+        ring_id: str | None = None,
+        room_key: str | None = None,
+        user_id: str | None = None,
+        ringer_user_id: str | None = None,
+    ) -> list[RingEnd]:
+        """End the rings still ringing that match: a ring's callees (``ring_id``, with
+        ``user_id`` one of them; with ``ringer_user_id`` only if it is that user's ring),
+        or a room's (``room_key``, with ``user_id`` that user's). Each ends once."""
+
+    @abc.abstractmethod
+    async def expire_rings(self) -> list[RingEnd]:
+        """End as ``missed`` the rings whose time is up; each to one caller."""
+
+    @abc.abstractmethod
+    async def rings_of(self, *, user_id: str) -> list[RingRecord]:
+        """The rings ringing a user now."""
 
     # -- parked participants (docs/protocol.md §6) ----------------------------------
 

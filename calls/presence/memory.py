@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,9 +16,12 @@ from calls.presence.base import (
     JoinStatus,
     Member,
     Parking,
+    Participant,
     Presence,
     ResumeStatus,
     Resumption,
+    RingEnd,
+    RingRecord,
     RoomSession,
     Route,
     RouteStatus,
@@ -29,6 +33,13 @@ from calls.presence.base import (
 class _Room:
     session: RoomSession
     members: dict[str, Member] = field(default_factory=dict)  # insertion order = join order
+    locked: bool = False
+
+
+@dataclass(slots=True)
+class _Ring:
+    record: RingRecord
+    ringing: set[str]  # callees whose ring has not ended
 
 
 @dataclass(slots=True)
@@ -58,6 +69,9 @@ class InMemoryPresence(Presence):
         self._room_of: dict[str, str] = {}  # socketId -> room key
         self._connections: dict[str, dict[str, str]] = {}  # userId -> socketId -> channel
         self._parked: dict[str, _Parked] = {}
+        self._bans: dict[tuple[str, str], int] = {}  # (room key, userId) -> until (ms)
+        self._rings: dict[str, _Ring] = {}
+        self._rung: dict[tuple[str, str], str] = {}  # (room key, userId) -> ringId, while ringing
 
     async def join(
         self,
@@ -66,15 +80,25 @@ class InMemoryPresence(Presence):
         member: Member,
         capacity: int,
         group_ids: frozenset[str],
+        moderator: bool = False,
     ) -> JoinOutcome:
         room_key = new_session.key
-        socket_id = member.participant.socket_id
+        participant = member.participant
+        socket_id = participant.socket_id
         if new_session.group_id is not None and new_session.group_id not in group_ids:
             return JoinOutcome(JoinStatus.FORBIDDEN)
         room = self._rooms.get(room_key)
+        if room is not None and socket_id in room.members:
+            return JoinOutcome(
+                JoinStatus.ALREADY_IN_ROOM, room.session, tuple(room.members.values()), locked=room.locked
+            )
+        banned_until = self._bans.get((room_key, participant.user_id))
+        if banned_until is not None and banned_until > time.time() * 1000:
+            return JoinOutcome(JoinStatus.BANNED, banned_until_ms=banned_until)
         if room is not None:
-            if socket_id in room.members:
-                return JoinOutcome(JoinStatus.ALREADY_IN_ROOM, room.session, tuple(room.members.values()))
+            creator = room.session.metadata.get("createdBy") == participant.user_id
+            if room.locked and not moderator and not creator:
+                return JoinOutcome(JoinStatus.LOCKED)
             if len(room.members) >= capacity:
                 return JoinOutcome(JoinStatus.FULL)
         previous_room = self._room_of.get(socket_id)
@@ -83,9 +107,12 @@ class InMemoryPresence(Presence):
         if room is None:
             room = self._rooms[room_key] = _Room(new_session)
             status = JoinStatus.CREATED
+        if participant.video is None:
+            video = room.session.metadata.get("callType") == "video"
+            member = Member(dataclasses.replace(participant, video=video), member.channel_name)
         room.members[socket_id] = member
         self._room_of[socket_id] = room_key
-        return JoinOutcome(status, room.session, tuple(room.members.values()), previous)
+        return JoinOutcome(status, room.session, tuple(room.members.values()), previous, locked=room.locked)
 
     async def leave(self, *, room_key: str, socket_id: str) -> Departure | None:
         if self._room_of.get(socket_id) != room_key:
@@ -230,3 +257,86 @@ class InMemoryPresence(Presence):
 
     async def parked_count(self) -> int:
         return len(self._parked)
+
+    async def update_media(
+        self, *, room_key: str, socket_id: str, audio: bool, video: bool, screen: bool
+    ) -> tuple[Participant, tuple[Member, ...]] | None:
+        room = self._rooms.get(room_key)
+        member = room.members.get(socket_id) if room is not None else None
+        if room is None or member is None:
+            return None
+        participant = dataclasses.replace(member.participant, audio=audio, video=video, screen=screen)
+        room.members[socket_id] = Member(participant, member.channel_name)
+        return participant, tuple(room.members.values())
+
+    async def set_locked(self, *, room_key: str, locked: bool) -> tuple[Member, ...]:
+        room = self._rooms.get(room_key)
+        if room is None:
+            return ()
+        room.locked = locked
+        return tuple(room.members.values())
+
+    async def ban(self, *, room_key: str, user_id: str, until_ms: int) -> None:
+        now = time.time() * 1000
+        self._bans = {key: until for key, until in self._bans.items() if until > now}  # expire old ones
+        self._bans[(room_key, user_id)] = until_ms
+
+    async def end_room(self, *, room_key: str) -> tuple[RoomSession, tuple[Member, ...]] | None:
+        room = self._rooms.pop(room_key, None)
+        if room is None:
+            return None
+        for socket_id in room.members:
+            self._room_of.pop(socket_id, None)
+        return room.session, tuple(room.members.values())
+
+    async def start_ring(self, ring: RingRecord, user_ids: list[str]) -> list[str]:
+        rung = [u for u in dict.fromkeys(user_ids) if (ring.room_key, u) not in self._rung]
+        if rung:
+            self._rings[ring.ring_id] = _Ring(ring, set(rung))
+            for user_id in rung:
+                self._rung[(ring.room_key, user_id)] = ring.ring_id
+        return rung
+
+    async def end_rings(
+        self,
+        *,
+        outcome: str,
+        ring_id: str | None = None,
+        room_key: str | None = None,
+        user_id: str | None = None,
+        ringer_user_id: str | None = None,
+    ) -> list[RingEnd]:
+        if ring_id is not None:
+            ring = self._rings.get(ring_id)
+            if ring is None or (ringer_user_id is not None and ring.record.ringer.user_id != ringer_user_id):
+                return []
+            callees = [user_id] if user_id is not None else sorted(ring.ringing)
+            return [end for u in callees if (end := self._end(ring, u, outcome))]
+        ends = []
+        for (key, callee), rung_id in list(self._rung.items()):
+            if (
+                key == room_key
+                and user_id in (None, callee)
+                and (end := self._end(self._rings[rung_id], callee, outcome))
+            ):
+                ends.append(end)
+        return ends
+
+    def _end(self, ring: _Ring, user_id: str, outcome: str) -> RingEnd | None:
+        if user_id not in ring.ringing:
+            return None
+        ring.ringing.discard(user_id)
+        self._rung.pop((ring.record.room_key, user_id), None)
+        if not ring.ringing:
+            del self._rings[ring.record.ring_id]
+        return RingEnd(ring.record, user_id, outcome)
+
+    async def expire_rings(self) -> list[RingEnd]:
+        now = time.time() * 1000
+        ends: list[RingEnd] = []
+        for ring in [r for r in self._rings.values() if r.record.expires_at_ms <= now]:
+            ends += [end for u in sorted(ring.ringing) if (end := self._end(ring, u, "missed"))]
+        return ends
+
+    async def rings_of(self, *, user_id: str) -> list[RingRecord]:
+        return [ring.record for ring in self._rings.values() if user_id in ring.ringing]

@@ -63,6 +63,8 @@ from calls.presence.base import (
     PresenceUnavailable,
     ResumeStatus,
     Resumption,
+    RingEnd,
+    RingRecord,
     RoomSession,
     Route,
     RouteStatus,
@@ -122,7 +124,8 @@ end
 """
 
 # ARGV: prefix, room, session, group, socket, participant, channel, capacity,
-#       groups of the joiner (comma-separated), server
+#       groups of the joiner (comma-separated), server, moderator ('1' or '0'), user,
+#       video as the room's call type ('1' or '0')
 _JOIN = (
     _LUA_HELPERS
     + """
@@ -137,10 +140,20 @@ if ARGV[4] ~= '' then
   end
   if not member then return {'forbidden'} end
 end
+local locked = redis.call('HGET', key, 'locked') == '1'
+if exists and current == room then
+  local ids, ps, chs = members_of(room)
+  return {'already-in-room', redis.call('HGET', key, 'session'), ids, ps, chs, false, locked}
+end
+local now = redis.call('TIME')
+local banned = redis.call('GET', P .. 'ban:' .. room .. ':' .. ARGV[12])
+if banned and tonumber(banned) > tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) then
+  return {'banned', banned}
+end
 if exists then
-  if current == room then
-    local ids, ps, chs = members_of(room)
-    return {'already-in-room', redis.call('HGET', key, 'session'), ids, ps, chs}
+  if locked and ARGV[11] ~= '1' then
+    local live = cjson.decode(redis.call('HGET', key, 'session'))
+    if tostring(live.metadata.createdBy) ~= ARGV[12] then return {'locked'} end
   end
   if redis.call('ZCARD', order) >= tonumber(ARGV[8]) then return {'full'} end
 end
@@ -151,14 +164,20 @@ if not exists then
   redis.call('HSET', key, 'session', ARGV[3], 'group', ARGV[4])
   status = 'created'
 end
-local now = redis.call('TIME')
+local participant = ARGV[6]
+if ARGV[13] == '1' then  -- video as the room's call type
+  local live = cjson.decode(redis.call('HGET', key, 'session'))
+  local p = cjson.decode(participant)
+  p.media.video = live.metadata.callType == 'video'
+  participant = cjson.encode(p)
+end
 redis.call('ZADD', order, tonumber(now[1]) * 1000000 + tonumber(now[2]), sock)
-redis.call('HSET', members, sock, ARGV[6])
+redis.call('HSET', members, sock, participant)
 redis.call('HSET', channels, sock, ARGV[7])
 redis.call('SET', P .. 'socket:' .. sock, room)
 redis.call('SADD', P .. 'server:' .. server .. ':sockets', sock)
 local ids, ps, chs = members_of(room)
-return {status, redis.call('HGET', key, 'session'), ids, ps, chs, previous}
+return {status, redis.call('HGET', key, 'session'), ids, ps, chs, previous, locked}
 """
 )
 
@@ -331,6 +350,138 @@ return out
 )
 EXPIRED_PER_CALL = 100
 
+# ARGV: prefix, room, socket, audio, video, screen ('1' or '0'). Returns false if the
+# socket is not in the room, else {participant, ids, participants, channels}.
+_UPDATE_MEDIA = (
+    _LUA_HELPERS
+    + """
+local _, _, members = room_keys(ARGV[2])
+local raw = redis.call('HGET', members, ARGV[3])
+if not raw then return false end
+local p = cjson.decode(raw)
+p.media = {audio = ARGV[4] == '1', video = ARGV[5] == '1', screen = ARGV[6] == '1'}
+raw = cjson.encode(p)
+redis.call('HSET', members, ARGV[3], raw)
+local ids, ps, chs = members_of(ARGV[2])
+return {raw, ids, ps, chs}
+"""
+)
+
+# ARGV: prefix, room, locked ('1' or '0'). Returns {ids, participants, channels}.
+_SET_LOCKED = (
+    _LUA_HELPERS
+    + """
+local key = room_keys(ARGV[2])
+if redis.call('EXISTS', key) == 0 then return {{}, {}, {}} end
+redis.call('HSET', key, 'locked', ARGV[3])
+local ids, ps, chs = members_of(ARGV[2])
+return {ids, ps, chs}
+"""
+)
+
+# ARGV: prefix, room. Returns false, or {session, ids, participants, channels}.
+_END_ROOM = (
+    _LUA_HELPERS
+    + """
+local key, order, members, channels = room_keys(ARGV[2])
+local session = redis.call('HGET', key, 'session')
+if not session then return false end
+local ids, ps, chs = members_of(ARGV[2])
+for _, sock in ipairs(ids) do redis.call('DEL', P .. 'socket:' .. sock) end
+redis.call('DEL', key, order, members, channels)
+return {session, ids, ps, chs}
+"""
+)
+
+# Rings: ring:I (string: the record as JSON), ring:I:ringing (set of callees still
+# ringing), room:R:rung (hash callee -> I), user:U:rings (set of I), rings (zset
+# "I|U" -> end of the ring in ms).
+_LUA_RINGS = """
+local P = ARGV[1]
+-- End one callee's ring if it is still ringing: {record, user, outcome}, or nil.
+local function end_ring(ring, user, outcome)
+  if redis.call('SREM', P .. 'ring:' .. ring .. ':ringing', user) == 0 then return nil end
+  local record = redis.call('GET', P .. 'ring:' .. ring)
+  local room = cjson.decode(record).roomKey
+  if redis.call('HGET', P .. 'room:' .. room .. ':rung', user) == ring then
+    redis.call('HDEL', P .. 'room:' .. room .. ':rung', user)
+  end
+  redis.call('SREM', P .. 'user:' .. user .. ':rings', ring)
+  redis.call('ZREM', P .. 'rings', ring .. '|' .. user)
+  return {record, user, outcome}
+end
+"""
+
+# ARGV: prefix, ring id, record, room, end ms, key ttl ms, callees… Returns the callees rung.
+_START_RING = (
+    _LUA_RINGS
+    + """
+local ring, rung = ARGV[2], {}
+for i = 7, #ARGV do
+  local user = ARGV[i]
+  if redis.call('HSETNX', P .. 'room:' .. ARGV[4] .. ':rung', user, ring) == 1 then
+    redis.call('SADD', P .. 'ring:' .. ring .. ':ringing', user)
+    redis.call('SADD', P .. 'user:' .. user .. ':rings', ring)
+    redis.call('ZADD', P .. 'rings', ARGV[5], ring .. '|' .. user)
+    rung[#rung + 1] = user
+  end
+end
+if #rung > 0 then
+  redis.call('SET', P .. 'ring:' .. ring, ARGV[3], 'PX', ARGV[6])
+  redis.call('PEXPIRE', P .. 'ring:' .. ring .. ':ringing', ARGV[6])
+end
+return rung
+"""
+)
+
+# ARGV: prefix, outcome, ring id, room, user, ringer user ('' when not given).
+_END_RINGS = (
+    _LUA_RINGS
+    + """
+local outcome, ring, room, user, ringer = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local out = {}
+local function add(e) if e then out[#out + 1] = e end end
+if ring ~= '' then
+  local record = redis.call('GET', P .. 'ring:' .. ring)
+  if not record then return out end
+  if ringer ~= '' and tostring(cjson.decode(record).ringer.userId) ~= ringer then return out end
+  if user ~= '' then
+    add(end_ring(ring, user, outcome))
+  else
+    for _, callee in ipairs(redis.call('SMEMBERS', P .. 'ring:' .. ring .. ':ringing')) do
+      add(end_ring(ring, callee, outcome))
+    end
+  end
+  return out
+end
+local rung = P .. 'room:' .. room .. ':rung'
+if user ~= '' then
+  local id = redis.call('HGET', rung, user)
+  if id then add(end_ring(id, user, outcome)) end
+else
+  local all = redis.call('HGETALL', rung)
+  for i = 1, #all, 2 do add(end_ring(all[i + 1], all[i], outcome)) end
+end
+return out
+"""
+)
+
+# ARGV: prefix, at most this many.
+_EXPIRE_RINGS = (
+    _LUA_RINGS
+    + _LUA_KEEP
+    + """
+local out = {}
+for _, entry in ipairs(redis.call('ZRANGEBYSCORE', P .. 'rings', '-inf', now_ms(), 'LIMIT', 0, tonumber(ARGV[2]))) do
+  local ring, user = string.match(entry, '^(.+)|([^|]+)$')
+  local e = end_ring(ring, user, 'missed')
+  redis.call('ZREM', P .. 'rings', entry)
+  if e then out[#out + 1] = e end
+end
+return out
+"""
+)
+
 # ARGV: prefix, server, lease ms. Returns -1 if this server was declared dead, 1 if
 # Redis did not know it (first beat, or Redis lost its data), else 0.
 _HEARTBEAT = """
@@ -440,8 +591,7 @@ def _participant_json(participant: Participant) -> str:
 
 
 def _participant_from(raw: bytes | str) -> Participant:
-    data = json.loads(raw)
-    return Participant(data["socketId"], data["userId"], data["username"], data["displayName"], data["joinedAt"])
+    return Participant.from_wire(json.loads(raw))
 
 
 def _members_from(participants: list[Any], channels: list[Any]) -> tuple[Member, ...]:
@@ -569,6 +719,12 @@ class RedisPresence(Presence):
         self._seal = self.redis.register_script(_SEAL)
         self._resume = self.redis.register_script(_RESUME)
         self._expire_parked = self.redis.register_script(_EXPIRE_PARKED)
+        self._update_media = self.redis.register_script(_UPDATE_MEDIA)
+        self._set_locked = self.redis.register_script(_SET_LOCKED)
+        self._end_room = self.redis.register_script(_END_ROOM)
+        self._start_ring = self.redis.register_script(_START_RING)
+        self._end_rings = self.redis.register_script(_END_RINGS)
+        self._expire_rings = self.redis.register_script(_EXPIRE_RINGS)
 
     @_unavailable_on_redis_error
     async def open_connection(self, *, user_id: str, socket_id: str, channel_name: str, limit: int) -> bool:
@@ -597,6 +753,7 @@ class RedisPresence(Presence):
         member: Member,
         capacity: int,
         group_ids: frozenset[str],
+        moderator: bool = False,
     ) -> JoinOutcome:
         if not self._registered:
             await self.heartbeat()  # hold a lease before owning members, or a peer could reap them
@@ -615,16 +772,22 @@ class RedisPresence(Presence):
                 capacity,
                 ",".join(sorted(group_ids)),
                 self.server_id,
+                int(moderator),
+                member.participant.user_id,
+                int(member.participant.video is None),
             ]
         )
         status = JoinStatus(reply[0].decode())
-        if status in (JoinStatus.FORBIDDEN, JoinStatus.FULL):
+        if status is JoinStatus.BANNED:
+            return JoinOutcome(status, banned_until_ms=int(reply[1]))
+        if status in (JoinStatus.FORBIDDEN, JoinStatus.FULL, JoinStatus.LOCKED):
             return JoinOutcome(status)
         session = _session_from(reply[1])
         members = _members_from(reply[3], reply[4])
-        previous = _departure_from(reply[5]) if len(reply) > 5 and reply[5] else None
-        self._held[socket_id] = _Held(session, member)
-        return JoinOutcome(status, session, members, previous)
+        previous = _departure_from(reply[5]) if reply[5] else None
+        joined = next(m for m in members if m.participant.socket_id == socket_id)
+        self._held[socket_id] = _Held(session, joined)
+        return JoinOutcome(status, session, members, previous, locked=bool(reply[6]))
 
     @_unavailable_on_redis_error
     async def leave(self, *, room_key: str, socket_id: str) -> Departure | None:
@@ -825,6 +988,72 @@ class RedisPresence(Presence):
     async def parked_count(self) -> int:
         return int(await self.redis.zcard(f"{PREFIX}parked"))
 
+    @_unavailable_on_redis_error
+    async def update_media(
+        self, *, room_key: str, socket_id: str, audio: bool, video: bool, screen: bool
+    ) -> tuple[Participant, tuple[Member, ...]] | None:
+        args: list[str | int] = [PREFIX, room_key, socket_id, int(audio), int(video), int(screen)]
+        reply = await self._update_media(args=args)
+        if not reply:
+            return None
+        participant = _participant_from(reply[0])
+        held = self._held.get(socket_id)
+        if held is not None:
+            self._held[socket_id] = _Held(held.session, Member(participant, held.member.channel_name))
+        return participant, _members_from(reply[2], reply[3])
+
+    @_unavailable_on_redis_error
+    async def set_locked(self, *, room_key: str, locked: bool) -> tuple[Member, ...]:
+        _, participants, channels = await self._set_locked(args=[PREFIX, room_key, int(locked)])
+        return _members_from(participants, channels)
+
+    @_unavailable_on_redis_error
+    async def ban(self, *, room_key: str, user_id: str, until_ms: int) -> None:
+        ttl = max(1, until_ms - int(time.time() * 1000))
+        await self.redis.set(f"{PREFIX}ban:{room_key}:{user_id}", until_ms, px=ttl)
+
+    @_unavailable_on_redis_error
+    async def end_room(self, *, room_key: str) -> tuple[RoomSession, tuple[Member, ...]] | None:
+        reply = await self._end_room(args=[PREFIX, room_key])
+        if not reply:
+            return None
+        members = _members_from(reply[2], reply[3])
+        for member in members:
+            self._held.pop(member.participant.socket_id, None)
+        return _session_from(reply[0]), members
+
+    @_unavailable_on_redis_error
+    async def start_ring(self, ring: RingRecord, user_ids: list[str]) -> list[str]:
+        ttl_ms = max(1, ring.expires_at_ms - int(time.time() * 1000)) + RING_RECORD_LINGER_MS
+        args: list[str | int] = [PREFIX, ring.ring_id, _ring_json(ring), ring.room_key, ring.expires_at_ms, ttl_ms]
+        args += user_ids
+        return [_text(u) for u in await self._start_ring(args=args)]
+
+    @_unavailable_on_redis_error
+    async def end_rings(
+        self,
+        *,
+        outcome: str,
+        ring_id: str | None = None,
+        room_key: str | None = None,
+        user_id: str | None = None,
+        ringer_user_id: str | None = None,
+    ) -> list[RingEnd]:
+        args = [PREFIX, outcome, ring_id or "", room_key or "", user_id or "", ringer_user_id or ""]
+        return [_ring_end_from(e) for e in await self._end_rings(args=args)]
+
+    @_unavailable_on_redis_error
+    async def expire_rings(self) -> list[RingEnd]:
+        return [_ring_end_from(e) for e in await self._expire_rings(args=[PREFIX, EXPIRED_PER_CALL])]
+
+    @_unavailable_on_redis_error
+    async def rings_of(self, *, user_id: str) -> list[RingRecord]:
+        ids = [_text(i) for i in await self.redis.smembers(f"{PREFIX}user:{user_id}:rings")]
+        if not ids:
+            return []
+        records = await self.redis.mget([f"{PREFIX}ring:{i}" for i in sorted(ids)])
+        return [_ring_from(r) for r in records if r is not None]
+
     def held_channels(self) -> list[str]:
         """Every connection this process counted, in a room or not."""
         channels = {held.member.channel_name for held in self._held.values()}
@@ -832,6 +1061,42 @@ class RedisPresence(Presence):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+
+RING_RECORD_LINGER_MS = 60_000  # a ring's record outlives its time: late replies still find it
+
+
+def _ring_json(ring: RingRecord) -> str:
+    data = {
+        "ringId": ring.ring_id,
+        "roomKey": ring.room_key,
+        "roomId": ring.room_id,
+        "groupId": ring.group_id,
+        "callType": ring.call_type,
+        "sessionId": ring.session_id,
+        "ringer": ring.ringer.wire(),
+        "expiresAt": ring.expires_at_ms,
+    }
+    return json.dumps(data, separators=(",", ":"))
+
+
+def _ring_from(raw: bytes | str) -> RingRecord:
+    data = json.loads(raw)
+    return RingRecord(
+        data["ringId"],
+        data["roomKey"],
+        data["roomId"],
+        data["groupId"],
+        data["callType"],
+        data["sessionId"],
+        Participant.from_wire(data["ringer"]),
+        int(data["expiresAt"]),
+    )
+
+
+def _ring_end_from(reply: list[Any]) -> RingEnd:
+    record, user_id, outcome = reply
+    return RingEnd(_ring_from(record), _text(user_id), _text(outcome))
 
 
 def _buffered(message: Buffered) -> bytes:

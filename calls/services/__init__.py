@@ -17,17 +17,25 @@ from calls.presence.base import PresenceUnavailable
 from calls.protocol import (
     Ack,
     Answer,
+    EndCall,
     ErrorCode,
     Event,
     IceCandidate,
     JoinRoom,
+    Kick,
     LeaveRoom,
+    LockRoom,
+    MediaState,
     Offer,
     Outgoing,
     ParsedRequest,
     RefreshAuth,
+    Ring,
+    RingCancel,
+    RingReply,
     SignalingError,
 )
+from calls.services import moderation, ringing
 from calls.services.caller import Caller, new_socket_id, participant_data
 from calls.services.connections import (
     REFRESH_REFUSED,
@@ -47,6 +55,7 @@ from calls.services.rooms import (
     JOINS_RATE_LIMITED,
     NOT_IN_ROOM,
     ROOM_FULL,
+    media_state,
     room_join,
     room_leave,
 )
@@ -98,7 +107,23 @@ async def handle_request(caller: Caller, parsed: ParsedRequest) -> Outgoing | No
                 return Outgoing(Event.ROOM_JOINED, await room_join(caller, request), parsed.request_id)
         if isinstance(request, LeaveRoom):
             return Outgoing(Event.ROOM_LEFT, await room_leave(caller, request), parsed.request_id)
-        raise AssertionError(f"no rule for {type(request).__name__}")
+        if isinstance(request, Ring):
+            return Outgoing(Event.RING_STARTED, await ringing.ring(caller, request), parsed.request_id)
+        if isinstance(request, MediaState):
+            await media_state(caller, request)
+        elif isinstance(request, RingReply):
+            await ringing.reply(caller, request)
+        elif isinstance(request, RingCancel):
+            await ringing.cancel(caller, request)
+        elif isinstance(request, Kick):
+            await moderation.kick(caller, request)
+        elif isinstance(request, EndCall):
+            await moderation.end_call(caller, request)
+        elif isinstance(request, LockRoom):
+            await moderation.lock(caller, request)
+        else:
+            raise AssertionError(f"no rule for {type(request).__name__}")
+        return _ack(parsed)
     except PresenceUnavailable as exc:
         logger.warning("presence unavailable: %s", exc)
         raise SignalingError(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from calls.history import RelayCounts
 from calls.presence.base import Participant, RoomSession
-from calls.protocol import ParticipantData, utc_now_iso
+from calls.protocol import Media, ParticipantData, utc_now_iso
 
 if TYPE_CHECKING:
     from calls.delivery import Mailbox
@@ -39,6 +39,7 @@ class Caller:
     # When the credential the connection presented expires (a Unix time), if ever: the
     # credentials sweep (calls/credentials.py) closes it then, unless refreshed.
     auth_expires_at: float | None = None
+    is_staff: bool = False  # moderates every room (docs/protocol.md §10)
     mailbox: Mailbox | None = None  # what the rules address to it waits here
     # Resume (docs/protocol.md §6): the epoch of the resume token it was given (each
     # resume gives the next), the last Socket.IO offset sent to it, and whether it is
@@ -58,8 +59,22 @@ class Caller:
     def exit(self) -> None:
         self.room_id = self.room_key = self.group_id = self.session_id = None
 
-    def participant(self) -> Participant:
-        return Participant(self.socket_id, self.user_id, self.username, self.display_name, utc_now_iso())
+    def participant(self, media: Media | None = None) -> Participant:
+        """Its participant record for a join (``media`` None: the defaults of
+        docs/protocol.md §3, video as the room's call type)."""
+        joined_at = utc_now_iso()
+        if media is None:
+            return Participant(self.socket_id, self.user_id, self.username, self.display_name, joined_at)
+        return Participant(
+            self.socket_id,
+            self.user_id,
+            self.username,
+            self.display_name,
+            joined_at,
+            media.audio,
+            media.video,
+            media.screen,
+        )
 
     def log_context(self) -> str:
         return f"socketId={self.socket_id} userId={self.user_id}"
@@ -78,4 +93,5 @@ def participant_data(participant: Participant) -> ParticipantData:
         username=participant.username,
         displayName=participant.display_name,
         joinedAt=participant.joined_at,
+        media=Media(audio=participant.audio, video=bool(participant.video), screen=participant.screen),
     )

@@ -24,7 +24,7 @@ from calls.protocol import (
     SignalingError,
     iso_utc,
 )
-from calls.services import resume
+from calls.services import resume, ringing
 from calls.services.caller import Caller, new_socket_id
 from calls.services.rooms import announce_departure, leave_current_room, persist
 
@@ -47,6 +47,7 @@ async def connection_opened(
     user_id: str,
     username: str,
     display_name: str,
+    is_staff: bool = False,
     auth_expires_at: float | None = None,
     resume_token: str | None = None,
 ) -> tuple[Caller, list[Outgoing]] | None:
@@ -67,6 +68,7 @@ async def connection_opened(
                 username,
                 display_name,
                 auth_expires_at=auth_expires_at,
+                is_staff=is_staff,
                 mailbox=mailbox,
             )
             greeting = resume.resumed(caller, resumption)
@@ -89,10 +91,18 @@ async def connection_opened(
         delivery.close_mailbox(socket_id)
         return None
     caller = Caller(
-        socket_id, channel_name, user_id, username, display_name, auth_expires_at=auth_expires_at, mailbox=mailbox
+        socket_id,
+        channel_name,
+        user_id,
+        username,
+        display_name,
+        auth_expires_at=auth_expires_at,
+        is_staff=is_staff,
+        mailbox=mailbox,
     )
     process.current().connections[socket_id] = caller
-    return caller, [connected_event(caller), *greeting]
+    # A user rung right now hears it on every connection, this one too (docs/protocol.md §9).
+    return caller, [connected_event(caller), *greeting, *await ringing.incoming_calls(caller)]
 
 
 def connected_event(caller: Caller) -> Outgoing:

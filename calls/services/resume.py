@@ -321,12 +321,6 @@ async def _gone(gone: Expired) -> None:
     )
 
 
-async def expiry_loop() -> None:
-    while True:
-        await asyncio.sleep(min(EXPIRY_INTERVAL_SECS, max(settings.CALLS_RESUME_GRACE_SECS / 4, 0.1)))
-        try:
-            await expire_parked()
-        except PresenceUnavailable as exc:
-            logger.warning("parked participants not expired, presence unavailable: %s", exc)
-        except Exception:
-            logger.exception("expiring parked participants failed")
+def expiry_interval_secs() -> float:
+    """How often a process looks for participants whose grace is over (and rings)."""
+    return min(EXPIRY_INTERVAL_SECS, max(settings.CALLS_RESUME_GRACE_SECS / 4, 0.1))

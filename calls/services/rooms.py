@@ -11,7 +11,7 @@ from typing import Any
 from django.conf import settings
 
 from accounts.websocket import in_lookup_thread
-from calls import delivery, history, process
+from calls import delivery, history, metrics, process
 from calls.ice import ice_servers_for
 from calls.presence.base import Departure, JoinOutcome, JoinStatus, Member, RoomSession
 from calls.protocol import (
@@ -20,15 +20,21 @@ from calls.protocol import (
     JoinRoom,
     LeaveReason,
     LeaveRoom,
+    MediaState,
     Outgoing,
     ParticipantJoined,
     ParticipantLeft,
+    ParticipantUpdated,
+    RingOutcome,
     RoomJoined,
     RoomLeft,
     SignalingError,
+    iso_utc,
 )
+from calls.services import ringing
 from calls.services.caller import Caller, participant_data
-from groups.selectors import group_ids_of_user
+from groups.models import Membership
+from groups.selectors import group_roles_of_user
 
 logger = logging.getLogger("calls")
 
@@ -47,33 +53,50 @@ JOINS_RATE_LIMITED = "Too many joins; wait a moment before joining again."
 HISTORY_BUSY = "The server is busy recording calls; try joining again in a moment."
 
 
+ROOM_LOCKED = "This call is locked; only its moderators may join."
+
+
+BANNED = "You were removed from this call and may not join it again yet."
+
+MODERATOR_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
+
+
 async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     """Rules 1 and 2: create or join a room, leaving the current one first."""
     await _charge_join(caller)
     requested_group = (request.metadata or {}).get("groupId")
-    me = caller.participant()
+    me = caller.participant(request.media)
     metadata = dict(request.metadata or {})
     # The server's keys win over the creator's keys of the same name (docs/protocol.md §4).
     metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
     proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
 
-    async def join(group_ids: frozenset[str]) -> JoinOutcome:
+    async def join(roles: dict[str, str]) -> JoinOutcome:
+        # Staff and the group's owners and admins pass a lock (docs/protocol.md §10);
+        # presence lets an ungrouped room's creator pass too.
+        moderator = caller.is_staff or roles.get(requested_group or "") in MODERATOR_ROLES
         return await process.current().presence.join(
             new_session=proposal,
             member=Member(me, caller.channel_name),
             capacity=settings.CALLS_MAX_PARTICIPANTS,
-            group_ids=group_ids,
+            group_ids=frozenset(roles),
+            moderator=moderator,
         )
 
     # The group names the room (rule 1), so only a join that names one needs the
     # joiner's groups: a query, on the lookup threads, never behind history writes (a
     # stuck history writer held another user's group join for 20 s, rule 9).
     if requested_group is None:
-        outcome = await join(frozenset())
+        outcome = await join({})
     else:
-        outcome = await join(await in_lookup_thread(group_ids_of_user)(user_id=int(caller.user_id)))
+        outcome = await join(await in_lookup_thread(group_roles_of_user)(user_id=int(caller.user_id)))
     if outcome.status is JoinStatus.FORBIDDEN:
         raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
+    if outcome.status is JoinStatus.BANNED:
+        until = iso_utc((outcome.banned_until_ms or 0) / 1000)
+        raise SignalingError(ErrorCode.FORBIDDEN, BANNED, details={"bannedUntil": until})
+    if outcome.status is JoinStatus.LOCKED:
+        raise SignalingError(ErrorCode.ROOM_LOCKED, ROOM_LOCKED)
     if outcome.status is JoinStatus.FULL:
         raise SignalingError(
             ErrorCode.ROOM_FULL, ROOM_FULL, details={"maxParticipants": settings.CALLS_MAX_PARTICIPANTS}
@@ -99,6 +122,12 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
             Event.PARTICIPANT_JOINED, ParticipantJoined(callRoomId=request.callRoomId, participant=participant_data(me))
         )
         await delivery.deliver([m.channel_name for m in others], announcement)
+        # Joining the room answers the user's ring for it (docs/protocol.md §9).
+        await ringing.ended(
+            await process.current().presence.end_rings(
+                outcome=RingOutcome.ACCEPTED, room_key=outcome.session.key, user_id=caller.user_id
+            )
+        )
         logger.info(
             "join room=%s %s count=%d created=%s",
             request.callRoomId,
@@ -114,6 +143,7 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
         participant=participant_data(me),
         metadata=outcome.session.metadata,
         iceServers=ice_servers_for(user_id=caller.user_id),
+        locked=outcome.locked,
     )
 
 
@@ -126,6 +156,26 @@ async def room_leave(caller: Caller, request: LeaveRoom) -> RoomLeft:
         raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
     await depart(caller, departure, LeaveReason.LEFT)
     return RoomLeft(callRoomId=request.callRoomId)
+
+
+async def media_state(caller: Caller, request: MediaState) -> None:
+    """Rule 11: the sender's media, told to the others as the whole participant."""
+    updated = await process.current().presence.update_media(
+        room_key=caller.named_room(request.callRoomId),
+        socket_id=caller.socket_id,
+        audio=request.audio,
+        video=request.video,
+        screen=request.screen,
+    )
+    if updated is None:
+        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    participant, members = updated
+    notice = ParticipantUpdated(callRoomId=request.callRoomId, participant=participant_data(participant))
+    others = [m.channel_name for m in members if m.participant.socket_id != caller.socket_id]
+    await delivery.deliver(others, Outgoing(Event.PARTICIPANT_UPDATED, notice))
+    if caller.session_id is not None:
+        persist(history.record_media_change, session_id=caller.session_id, socket_id=caller.socket_id)
+    metrics.MEDIA_CHANGES.inc()
 
 
 async def leave_current_room(caller: Caller, reason: LeaveReason) -> None:
@@ -159,6 +209,9 @@ async def announce_departure(departure: Departure, reason: LeaveReason) -> None:
         ),
     )
     await delivery.deliver([m.channel_name for m in departure.remaining], announcement)
+    if departure.room_emptied:  # the call is over: its rings end (docs/protocol.md §9)
+        presence = process.current().presence
+        await ringing.ended(await presence.end_rings(outcome=RingOutcome.CALL_ENDED, room_key=departure.session.key))
 
 
 async def _charge_join(caller: Caller) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pytest
 from django.test import Client
 from msgspec import Struct
@@ -28,6 +29,7 @@ from calls.protocol import (
     ErrorCode,
     Event,
     LeaveReason,
+    Media,
     Outgoing,
     ParticipantData,
     ParticipantLeft,
@@ -154,7 +156,7 @@ def test_only_replies_may_carry_an_id(document: dict[str, Any]) -> None:
         for k, m in messages(document).items()
         if k.startswith("server.") and "id" in m["payload"]["properties"]
     }
-    assert with_id == {Event.ROOM_JOINED, Event.ROOM_LEFT, Event.SIGNALING_ERROR, Event.ACK}
+    assert with_id == {Event.ROOM_JOINED, Event.ROOM_LEFT, Event.RING_STARTED, Event.SIGNALING_ERROR, Event.ACK}
 
 
 def test_patterns_are_ecma_regular_expressions(document: dict[str, Any]) -> None:
@@ -201,9 +203,14 @@ def test_a_request_without_a_schema_fails_the_build() -> None:
 
 
 PARTICIPANT = ParticipantData(
-    socketId="s1", userId="1", username="alice", displayName="Alice", joinedAt="2026-01-01T00:00:00.000Z"
+    socketId="s1",
+    userId="1",
+    username="alice",
+    displayName="Alice",
+    joinedAt="2026-01-01T00:00:00.000Z",
+    media=Media(audio=True, video=False),
 )
-PARTICIPANT_WIRE = {name: getattr(PARTICIPANT, name) for name in PARTICIPANT.__struct_fields__}
+PARTICIPANT_WIRE = msgspec.to_builtins(PARTICIPANT)
 
 
 def test_frames_the_server_builds_pass() -> None:
@@ -229,7 +236,8 @@ def test_frames_the_server_builds_pass() -> None:
         ({"event": "webrtc:room-left", "data": {"callRoomId": "r"}, "extra": 1}, "'extra' was unexpected"),
         ({"event": "webrtc:room-left", "data": {}}, "'callRoomId' is a required property"),
         ({"event": "webrtc:room-left"}, "'data' is a required property"),
-        ({"event": "webrtc:ring-started", "data": {}}, "does not declare"),
+        ({"event": "webrtc:ring-started", "data": {}}, "'ringId' is a required property"),
+        ({"event": "webrtc:no-such-event", "data": {}}, "does not declare"),
         ({"data": {}}, "without a string event"),
         (
             {"event": "webrtc:participant-left", "data": {"callRoomId": "r", "participant": {}, "reason": "left"}},
@@ -237,8 +245,8 @@ def test_frames_the_server_builds_pass() -> None:
         ),
         (
             {"event": "webrtc:participant-left", "data": {"callRoomId": "r", "participant": PARTICIPANT_WIRE,
-                                                          "reason": "kicked"}},
-            "'kicked' is not one of",
+                                                          "reason": "banished"}},
+            "'banished' is not one of",
         ),
         (
             {"event": "webrtc:offer", "data": {"callRoomId": "r", "fromSocketId": "s", "fromUserId": "1",

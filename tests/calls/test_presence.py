@@ -38,7 +38,9 @@ ANYONE: frozenset[str] = frozenset()
 
 
 def member(socket_id: str, user_id: str = "1") -> Member:
-    participant = Participant(socket_id, user_id, f"user{user_id}", f"User {user_id}", "2026-11-26T08:00:00.000Z")
+    participant = Participant(
+        socket_id, user_id, f"user{user_id}", f"User {user_id}", "2026-11-26T08:00:00.000Z", video=True
+    )
     return Member(participant, f"channel-{socket_id}")
 
 

@@ -19,8 +19,16 @@ from tests.conftest import Client, ConnectFactory, history_written
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-PARTICIPANT_KEYS = {"socketId", "userId", "username", "displayName", "joinedAt"}
-ROOM_JOINED_KEYS = {"callRoomId", "participantCount", "existingParticipants", "participant", "metadata", "iceServers"}
+PARTICIPANT_KEYS = {"socketId", "userId", "username", "displayName", "joinedAt", "media"}
+ROOM_JOINED_KEYS = {
+    "callRoomId",
+    "participantCount",
+    "existingParticipants",
+    "participant",
+    "metadata",
+    "iceServers",
+    "locked",
+}
 
 
 @pytest.fixture
