@@ -56,40 +56,18 @@ async def connection_opened(
     send it first (``webrtc:connected``, then, for a resume, ``webrtc:resumed`` and the
     missed messages, or the ``resume-failed`` error); ``None`` if the user already holds
     ``CALLS_MAX_CONNECTIONS_PER_USER`` connections on all processes (close 4409)."""
-    greeting: list[Outgoing] = []
+    taken = None
     if resume_token is not None:
         taken = await resume.take_over(resume_token, user_id=user_id, mailbox=mailbox)
-        if taken is not None:
-            socket_id, resumption = taken
-            caller = Caller(
-                socket_id,
-                await delivery.address_of(socket_id),
-                user_id,
-                username,
-                display_name,
-                auth_expires_at=auth_expires_at,
-                is_staff=is_staff,
-                mailbox=mailbox,
-            )
-            greeting = resume.resumed(caller, resumption)
-            process.current().connections[socket_id] = caller
-            return caller, [connected_event(caller), *greeting]
-        greeting = [resume.refused()]
-    socket_id = new_socket_id()
-    channel_name = await delivery.open_mailbox(socket_id, mailbox)
-    try:
-        counted = await process.current().presence.open_connection(
-            user_id=user_id,
-            socket_id=socket_id,
-            channel_name=channel_name,
-            limit=settings.CALLS_MAX_CONNECTIONS_PER_USER,
-        )
-    except PresenceUnavailable as exc:  # joins fail until it is back; the connection may wait for it
-        logger.warning("connection not counted, presence unavailable: %s", exc)
-        counted = True
-    if not counted:
-        delivery.close_mailbox(socket_id)
-        return None
+    if taken is not None:
+        socket_id = taken[0]
+        channel_name = await delivery.address_of(socket_id)
+    else:
+        socket_id = new_socket_id()
+        channel_name = await delivery.open_mailbox(socket_id, mailbox)
+        if not await _counted(user_id, socket_id, channel_name):
+            delivery.close_mailbox(socket_id)
+            return None
     caller = Caller(
         socket_id,
         channel_name,
@@ -101,8 +79,26 @@ async def connection_opened(
         mailbox=mailbox,
     )
     process.current().connections[socket_id] = caller
+    if taken is not None:
+        resumed = resume.resumed(caller, taken[1])  # (which gives it its next resume token)
+        return caller, [connected_event(caller), *resumed]
+    refused = [resume.refused()] if resume_token is not None else []
     # A user rung right now hears it on every connection, this one too (docs/protocol.md §9).
-    return caller, [connected_event(caller), *greeting, *await ringing.incoming_calls(caller)]
+    return caller, [connected_event(caller), *refused, *await ringing.incoming_calls(caller)]
+
+
+async def _counted(user_id: str, socket_id: str, channel_name: str) -> bool:
+    """Count a new connection of the user on all processes; ``False``: it holds too many."""
+    try:
+        return await process.current().presence.open_connection(
+            user_id=user_id,
+            socket_id=socket_id,
+            channel_name=channel_name,
+            limit=settings.CALLS_MAX_CONNECTIONS_PER_USER,
+        )
+    except PresenceUnavailable as exc:  # joins fail until it is back; the connection may wait for it
+        logger.warning("connection not counted, presence unavailable: %s", exc)
+        return True
 
 
 def connected_event(caller: Caller) -> Outgoing:
