@@ -119,6 +119,20 @@ export function fakeFetch(answerOrPick) {
  * parked connection whose grace has ended ({@link expire}) gets a fresh socketId and a
  * `resume-failed` signaling error. A join of the room one is in answers `room-joined` again
  * (without oneself) and announces nothing.
+ *
+ * Ringing, moderation and media state (docs/protocol.md §9, §10, §5 rule 11) follow
+ * /tmp/work/ring-spec.md: participants carry `media` (from the join's `media`, by default audio
+ * on and video for a video room), `webrtc:media-state` tells the others `participant-updated`,
+ * and `room-joined` carries `locked`. A room's group is the `metadata.groupId` of the join that
+ * created it; `groups` holds each group's members and roles (`{alice: 'owner', bob: 'member'}`;
+ * a join of a group listed there by a non-member is `forbidden`), `staff` the staff users.
+ * Moderators (staff, a group's owners and admins, the creator of a room without a group) may
+ * `kick` (with `banSecs`: joins of that user answer `forbidden` with `details.bannedUntil`),
+ * `end-call` and `lock-room` (joins by others answer `room-locked`). `webrtc:ring` rings the
+ * group's members (every open connection of theirs gets `incoming-call`, and so does one they
+ * open while rung); a ring ends by `ring-reply`, a join of the room, `ring-cancel`, the end of
+ * the call, or {@link FakeServer#expireRings} (`missed`): `ring-ended` to the callee's
+ * connections and `ring-updated` to the room.
  */
 export class FakeServer {
   rooms = new Map(); // roomId → [{participant, ws}]
@@ -126,7 +140,7 @@ export class FakeServer {
   iceServers = [{ urls: 'stun:stun.example.org' }];
   forbidden = new Map(); // roomId → user ids that may not join
   joinRefusal = null; // {error, message}: the signaling-error every join gets
-  metadata = {}; // the metadata of room-joined (a JSON.parse result may hold any key)
+  metadata = {}; // more metadata of room-joined, under the room's own (a JSON.parse result may hold any key)
   originAllowed = true;
   originChecks = []; // the URL of every origin check asked
   revoked = new Set(); // tokens that are not valid
@@ -137,6 +151,13 @@ export class FakeServer {
   refreshes = []; // {socketId, token, accepted} of every webrtc:refresh-auth
   resumes = false;
   resumeAttempts = []; // {token, socketId (of the connection it got), resumed} of every ?resume=
+  groups = new Map(); // groupId (string) → {user: role}: the members of each group the server knows
+  staff = new Set(); // users who are staff: moderators everywhere
+  bans = new Map(); // `${roomId}` → Map(user → the ban's end, in ms)
+  rings = new Map(); // ringId → {ringId, callRoomId, ringer, from, groupId, callType, expiresAt, callees: Map(user → status)}
+  ringTimeoutSecs = 30;
+  #roomInfo = new Map(); // roomId → {groupId, createdBy, callType, locked}, while the room has a session
+  #ringsIssued = 0;
   #connections = 0;
   #tokensIssued = 0;
   #resumeTokens = new Map(); // token → socketId
@@ -327,6 +348,10 @@ export class FakeServer {
       const refusal = { error: 'resume-failed', message: 'That session cannot be resumed.', timestamp: new Date().toISOString() };
       this.#send(ws, { event: 'webrtc:signaling-error', data: refusal });
     }
+    // A connection opened while its user is rung hears of the call at once.
+    for (const ring of this.rings.values()) {
+      if (ring.callees.get(user) === 'ringing') this.#send(ws, { event: 'webrtc:incoming-call', data: this.#incomingCall(ring) });
+    }
   }
 
   #connectedData(ws, authExpiresAt) {
@@ -357,14 +382,160 @@ export class FakeServer {
     });
   }
 
-  #participant(ws) {
-    return { socketId: ws.socketId, userId: ws.user, username: ws.user, displayName: ws.user.toUpperCase() };
+  #participant(ws, media = { audio: true, video: true, screen: false }) {
+    return { socketId: ws.socketId, userId: ws.user, username: ws.user, displayName: ws.user.toUpperCase(), media };
+  }
+
+  /** The live state of `roomId` (its group, creator, lock), or `undefined` without a session. */
+  roomInfo(roomId) {
+    return this.#roomInfo.get(roomId);
+  }
+
+  /** Every ring still ringing ends as `missed`, as CALLS_RING_TIMEOUT_SECS would end it. */
+  expireRings() {
+    for (const ring of this.rings.values()) {
+      for (const [user, status] of ring.callees) if (status === 'ringing') this.#endRing(ring, user, 'missed');
+    }
+  }
+
+  #isModerator(user, roomId) {
+    const info = this.#roomInfo.get(roomId);
+    if (this.staff.has(user)) return true;
+    if (!info) return false;
+    if (info.groupId) return ['owner', 'admin'].includes(this.groups.get(info.groupId)?.[user]);
+    return info.createdBy === user;
+  }
+
+  #incomingCall(ring) {
+    const { ringId, callRoomId, groupId, callType, from, expiresAt } = ring;
+    return { ringId, callRoomId, groupId, callType, from, expiresAt };
+  }
+
+  /** The ring of `user` ends with `reason`: its connections get ring-ended, the room ring-updated. */
+  #endRing(ring, user, reason) {
+    if (ring.callees.get(user) !== 'ringing') return;
+    ring.callees.set(user, reason);
+    const { ringId, callRoomId } = ring;
+    for (const open of this.#open) {
+      if (open.user === user) this.#send(open, { event: 'webrtc:ring-ended', data: { ringId, callRoomId, reason } });
+    }
+    for (const entry of this.rooms.get(callRoomId) ?? []) {
+      this.#send(entry.ws, { event: 'webrtc:ring-updated', data: { ringId, callRoomId, userId: user, status: reason } });
+    }
+  }
+
+  /** Ringing, moderation and media state; `true` when `event` was one of theirs. */
+  #handleCallControl(ws, { event, data, id }, reply, ack) {
+    const refuse = (error, message) => {
+      reply('webrtc:signaling-error', { error, message, event });
+      return true;
+    };
+    if (event === 'webrtc:ring-reply' || event === 'webrtc:ring-cancel') {
+      const ring = this.rings.get(data.ringId);
+      if (event === 'webrtc:ring-reply') {
+        if (ring?.callees.get(ws.user) !== 'ringing') return refuse('ring-not-found', 'That ring has ended.');
+        ack();
+        this.#endRing(ring, ws.user, data.response === 'accept' ? 'accepted' : 'declined');
+        return true;
+      }
+      const ringing = ring ? [...ring.callees].filter(([, status]) => status === 'ringing').map(([user]) => user) : [];
+      if (!ring || ring.ringer !== ws.user || ringing.length === 0) return refuse('ring-not-found', 'That ring has ended.');
+      ack();
+      for (const user of ringing) this.#endRing(ring, user, 'cancelled');
+      return true;
+    }
+    const known = ['webrtc:media-state', 'webrtc:ring', 'webrtc:kick', 'webrtc:end-call', 'webrtc:lock-room'];
+    if (!known.includes(event)) return false;
+    const { callRoomId } = data;
+    const room = this.rooms.get(callRoomId) ?? [];
+    const me = room.find((entry) => entry.ws === ws);
+    if (!me) return refuse('not-in-room', 'You are not in that call.');
+    const info = this.#roomInfo.get(callRoomId);
+    if (event === 'webrtc:media-state') {
+      const media = { audio: data.audio, video: data.video, screen: data.screen ?? false };
+      me.participant = { ...me.participant, media };
+      ack();
+      for (const other of room) {
+        if (other !== me) this.#send(other.ws, { event: 'webrtc:participant-updated', data: { callRoomId, participant: me.participant } });
+      }
+      return true;
+    }
+    if (event === 'webrtc:ring') {
+      const members = this.groups.get(info.groupId);
+      if (!info.groupId || !members) return refuse('forbidden', 'Only a group call can ring.');
+      if (data.userIds?.some((user) => !Object.hasOwn(members, user))) return refuse('forbidden', 'Not a member.');
+      const inRoom = new Set(room.map((entry) => entry.participant.userId));
+      const alreadyRung = new Set(
+        [...this.rings.values()]
+          .filter((other) => other.callRoomId === callRoomId)
+          .flatMap((other) => [...other.callees].filter(([, status]) => status === 'ringing').map(([user]) => user)),
+      );
+      const userIds = (data.userIds ?? Object.keys(members)).filter(
+        (user) => user !== ws.user && !inRoom.has(user) && !alreadyRung.has(user),
+      );
+      this.#ringsIssued += 1;
+      const ring = {
+        ringId: `ring-${this.#ringsIssued}`,
+        callRoomId,
+        ringer: ws.user,
+        from: me.participant,
+        groupId: info.groupId,
+        callType: info.callType,
+        expiresAt: new Date(Date.now() + this.ringTimeoutSecs * 1000).toISOString(),
+        callees: new Map(userIds.map((user) => [user, 'ringing'])),
+      };
+      this.rings.set(ring.ringId, ring);
+      reply('webrtc:ring-started', { ringId: ring.ringId, callRoomId, userIds, expiresAt: ring.expiresAt });
+      for (const open of this.#open) {
+        if (ring.callees.has(open.user)) this.#send(open, { event: 'webrtc:incoming-call', data: this.#incomingCall(ring) });
+      }
+      return true;
+    }
+    if (!this.#isModerator(ws.user, callRoomId)) return refuse('forbidden', 'Only a moderator may do that.');
+    const by = me.participant;
+    if (event === 'webrtc:lock-room') {
+      info.locked = data.locked;
+      ack();
+      for (const entry of room) this.#send(entry.ws, { event: 'webrtc:room-updated', data: { callRoomId, locked: info.locked, by } });
+    } else if (event === 'webrtc:kick') {
+      const target = room.find((entry) => entry.participant.socketId === data.targetSocketId);
+      if (!target) return refuse('participant-not-found', 'Nobody of that id is in the call.');
+      if (target === me) return refuse('forbidden', 'You cannot remove yourself.');
+      if (this.#isModerator(target.ws.user, callRoomId) && !this.staff.has(ws.user)) {
+        return refuse('forbidden', 'Only staff may remove a moderator.');
+      }
+      const kicked = { callRoomId, by };
+      if (data.banSecs > 0) {
+        const until = Date.now() + data.banSecs * 1000;
+        if (!this.bans.has(callRoomId)) this.bans.set(callRoomId, new Map());
+        this.bans.get(callRoomId).set(target.ws.user, until);
+        kicked.bannedUntil = new Date(until).toISOString();
+      }
+      ack();
+      this.rooms.set(callRoomId, room.filter((entry) => entry !== target));
+      this.#send(target.ws, { event: 'webrtc:kicked', data: kicked });
+      for (const other of room) {
+        if (other === target) continue;
+        this.#send(other.ws, { event: 'webrtc:participant-left', data: { callRoomId, participant: target.participant, reason: 'kicked' } });
+      }
+    } else if (event === 'webrtc:end-call') {
+      ack();
+      for (const entry of room) this.#send(entry.ws, { event: 'webrtc:call-ended', data: { callRoomId, by } });
+      this.rooms.delete(callRoomId);
+      this.#roomInfo.delete(callRoomId);
+      for (const ring of this.rings.values()) {
+        if (ring.callRoomId !== callRoomId) continue;
+        for (const [user, status] of ring.callees) if (status === 'ringing') this.#endRing(ring, user, 'call-ended');
+      }
+    }
+    return true;
   }
 
   #handle(ws, { event, data, id }) {
     if (ws.readyState !== 1) return;
     const reply = (replyEvent, replyData) => this.#send(ws, { event: replyEvent, data: replyData, id });
     const ack = () => id !== undefined && reply('webrtc:ack', { event });
+    if (this.#handleCallControl(ws, { event, data, id }, reply, ack)) return;
     if (event === 'webrtc:refresh-auth') {
       const credential = this.#credential(data.token);
       const accepted = credential?.user === ws.user;
@@ -379,21 +550,48 @@ export class FakeServer {
         reply('webrtc:signaling-error', { ...this.joinRefusal, event });
         return;
       }
-      if (this.forbidden.get(data.callRoomId)?.includes(ws.user)) {
+      const groupId = data.metadata?.groupId === undefined ? null : String(data.metadata.groupId);
+      const members = groupId === null ? undefined : this.groups.get(groupId);
+      if (this.forbidden.get(data.callRoomId)?.includes(ws.user) || (members && !Object.hasOwn(members, ws.user))) {
         reply('webrtc:signaling-error', { error: 'forbidden', message: 'Not a member.', event });
         return;
       }
-      const me = this.#participant(ws);
+      const bannedUntil = this.bans.get(data.callRoomId)?.get(ws.user);
+      if (bannedUntil > Date.now()) {
+        const details = { bannedUntil: new Date(bannedUntil).toISOString() };
+        reply('webrtc:signaling-error', { error: 'forbidden', message: 'You were removed from this call.', details, event });
+        return;
+      }
+      if (!this.#roomInfo.has(data.callRoomId)) {
+        const callType = data.callType ?? 'video';
+        // The room's metadata (docs/protocol.md §4): the creator's, under the server's own keys.
+        const metadata = { ...data.metadata, callType, createdAt: new Date().toISOString(), createdBy: ws.user };
+        if (groupId !== null) metadata.groupId = groupId;
+        this.#roomInfo.set(data.callRoomId, { groupId, createdBy: ws.user, callType, locked: false, metadata });
+      }
+      const info = this.#roomInfo.get(data.callRoomId);
+      const mine = room.find((entry) => entry.ws === ws);
+      if (info.locked && !mine && !this.#isModerator(ws.user, data.callRoomId)) {
+        reply('webrtc:signaling-error', { error: 'room-locked', message: 'This call is locked.', event });
+        return;
+      }
+      const given = data.media ?? {};
+      const me = this.#participant(ws, {
+        audio: given.audio ?? true,
+        video: given.video ?? info.callType === 'video',
+        screen: given.screen ?? false,
+      });
       const others = room.filter((entry) => entry.ws !== ws);
-      if (others.length < room.length) {
+      if (mine) {
         // The room one is in: room-joined again, announced to nobody (docs/protocol.md §5 rule 2).
         reply('webrtc:room-joined', {
           callRoomId: data.callRoomId,
           participantCount: room.length,
           existingParticipants: others.map((other) => other.participant),
-          participant: me,
-          metadata: this.metadata,
+          participant: mine.participant,
+          metadata: { ...this.metadata, ...info.metadata },
           iceServers: this.iceServers,
+          locked: info.locked,
         });
         return;
       }
@@ -405,10 +603,14 @@ export class FakeServer {
         participantCount: room.length + 1,
         existingParticipants: room.map((other) => other.participant),
         participant: me,
-        metadata: this.metadata,
+        metadata: { ...this.metadata, ...info.metadata },
         iceServers: this.iceServers,
+        locked: info.locked,
       });
       this.rooms.set(data.callRoomId, [...room, { participant: me, ws }]);
+      for (const ring of this.rings.values()) {
+        if (ring.callRoomId === data.callRoomId) this.#endRing(ring, ws.user, 'accepted');
+      }
     } else if (event === 'webrtc:leave-room') {
       this.#gone(ws, 'left');
       reply('webrtc:room-left', { callRoomId: data.callRoomId });
@@ -433,6 +635,7 @@ export class FakeServer {
       if (!me) continue;
       const remaining = room.filter((entry) => entry !== me);
       this.rooms.set(roomId, remaining);
+      if (remaining.length === 0) this.#roomInfo.delete(roomId); // the session ends, and its lock with it
       for (const other of remaining) {
         this.#send(other.ws, {
           event: 'webrtc:participant-left',

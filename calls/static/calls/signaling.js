@@ -47,6 +47,8 @@ const TOO_MANY_CONNECTIONS_TEXT =
 // Relay errors that only mean "that peer is gone" or "we are rejoining": not worth a word.
 const RELAY_EVENTS = new Set(['webrtc:offer', 'webrtc:answer', 'webrtc:ice-candidate']);
 const QUIET_RELAY_ERRORS = new Set(['participant-not-found', 'not-in-room', 'room-not-found']);
+// The events a CallMesh takes whatever their callRoomId: errors, and this user's rings.
+const UNSCOPED_EVENTS = new Set(['webrtc:signaling-error', 'webrtc:incoming-call', 'webrtc:ring-ended']);
 /** Prefix of the `resumeStorage` key; the endpoint URL (without its query) follows. */
 const RESUME_KEY_PREFIX = 'calls.signaling.resume:';
 
@@ -349,6 +351,31 @@ export class SignalingClient extends Listeners {
       this.#pending.set(id, { resolve, reject, timer, event, ws: null });
       this.#send(frame);
     });
+  }
+
+  /**
+   * Answer a `webrtc:incoming-call` (docs/protocol.md §9) from this connection. The ring ends
+   * for every connection of this user, this one included (`webrtc:ring-ended` with reason
+   * `accepted` or `declined`). Accepting does not join: join the call's room (with its
+   * `groupId`) as well; a join alone also ends the ring as `accepted`.
+   * @param {string} ringId the `ringId` of the `incoming-call`
+   * @param {'accept' | 'decline'} response
+   * @returns {Promise<object>} the `webrtc:ack` data; rejected with a {@link SignalingError},
+   *   `ring-not-found` when the ring has ended meanwhile (answered on another device, cancelled, missed)
+   */
+  replyToRing(ringId, response) {
+    return this.request('webrtc:ring-reply', { ringId, response });
+  }
+
+  /**
+   * Stop ringing everyone this user's ring `ringId` still rings (docs/protocol.md §9): their
+   * rings end as `cancelled`. Only the ringer's user may.
+   * @param {string} ringId the `ringId` of `webrtc:ring-started`
+   * @returns {Promise<object>} the `webrtc:ack` data; rejected with a {@link SignalingError},
+   *   `ring-not-found` when no callee is ringing any more or the ring is not this user's
+   */
+  cancelRing(ringId) {
+    return this.request('webrtc:ring-cancel', { ringId });
   }
 
   /**
@@ -880,7 +907,25 @@ function withoutProtoKeys(key, value) {
  * - `track` `{participant, track, stream}`: remote media arrived;
  * - `connection-state` `{participant, state}`: the RTCPeerConnection's `connectionState` changed;
  * - `participant-left` `{participant, reason}`: gone (its connection is closed);
+ * - `participant-updated` `{participant}`: a remote participant's `media` (or other fields)
+ *   changed; {@link CallMesh#participants} holds the new object already;
+ * - `room-updated` `{callRoomId, locked, by}`: a moderator locked or unlocked the room
+ *   ({@link CallMesh#locked} is up to date); `by` is the moderator, as a participant;
+ * - `kicked` `{callRoomId, by, bannedUntil}`: a moderator removed us (`bannedUntil`: a `Date`
+ *   until which our user may not join again, or `null`); `call-ended` `{callRoomId, by}`: a
+ *   moderator ended the call for everyone. After either the mesh has stopped: every peer
+ *   connection is closed, it will not rejoin, and no `left` follows;
+ * - `ring-updated` `{ringId, callRoomId, userId, status}`: one callee's ring of this room ended
+ *   (`accepted`, `declined`, `missed`, `cancelled`, `call-ended`);
+ * - `incoming-call` `{ringId, callRoomId, groupId, callType, from, expiresAt}` and `ring-ended`
+ *   `{ringId, callRoomId, reason}`: this user is rung for a call (of another room), and that
+ *   ring is over. They are the client's `webrtc:` events, passed on while the mesh is active for
+ *   a UI that listens to the mesh only; a page that must ring outside calls listens to the client;
  * - `error` `{error, participant?}`.
+ *
+ * Moderation (docs/protocol.md §10: staff, a group's owners and admins, the creator of a room
+ * without a group) goes through {@link CallMesh#kick}, {@link CallMesh#endCall} and
+ * {@link CallMesh#lock}; anyone else is refused with `forbidden`.
  */
 export class CallMesh extends Listeners {
   /** Remote participants by socketId, as the server describes them. */
@@ -889,6 +934,14 @@ export class CallMesh extends Listeners {
   peers = new Map();
   /** The `webrtc:room-joined` data of the current join, or `null`. */
   joined = null;
+  /**
+   * Our own media state as the room sees it (`{audio, video, screen}`): the `media` option, then
+   * what `room-joined` says, then each {@link CallMesh#setMedia}; `null` until one of them.
+   * @type {{audio: boolean, video: boolean, screen: boolean} | null}
+   */
+  media = null;
+  /** Whether the room is locked (`room-joined`, then `room-updated`): only moderators may join it. */
+  locked = false;
 
   #client;
   #roomId;
@@ -908,6 +961,9 @@ export class CallMesh extends Listeners {
    * @param {MediaStream | null} [options.localStream] what to send; without it the mesh only receives
    * @param {'audio' | 'video'} [options.callType='video']
    * @param {object} [options.metadata] the room's metadata if this join creates it (e.g. `{groupId}`)
+   * @param {{audio?: boolean, video?: boolean, screen?: boolean}} [options.media] our media state
+   *   at the join (docs/protocol.md §3); by default the server's: audio on, video on for a video
+   *   call, no screen
    * @param {RTCConfiguration} [options.rtcConfig] extra RTCPeerConnection settings; `iceServers`
    *   always comes from `room-joined`
    * @param {typeof RTCPeerConnection} [options.RTCPeerConnection] an implementation, outside browsers
@@ -919,6 +975,7 @@ export class CallMesh extends Listeners {
       localStream = null,
       callType = 'video',
       metadata,
+      media,
       rtcConfig = {},
       RTCPeerConnection: PeerConnection = globalThis.RTCPeerConnection,
     },
@@ -929,6 +986,7 @@ export class CallMesh extends Listeners {
     this.#localStream = localStream;
     this.#callType = callType;
     this.#metadata = metadata;
+    if (media) this.media = mediaState(media, defaultMedia(callType));
     this.#rtcConfig = rtcConfig;
     this.#RTCPeerConnection = PeerConnection;
   }
@@ -950,6 +1008,8 @@ export class CallMesh extends Listeners {
     try {
       const data = { callRoomId: this.#roomId, callType: this.#callType };
       if (this.#metadata) data.metadata = this.#metadata;
+      // (A rejoin after a reconnect carries what setMedia set meanwhile.)
+      if (this.media) data.media = { ...this.media };
       joined = await this.#client.request('webrtc:join-room', data);
     } catch (error) {
       this.#stop();
@@ -957,6 +1017,10 @@ export class CallMesh extends Listeners {
     }
     this.joined = joined;
     this.#iceServers = joined.iceServers ?? [];
+    this.locked = joined.locked === true;
+    if (isObject(joined.participant?.media)) {
+      this.media = mediaState(joined.participant.media, this.media ?? defaultMedia(this.#callType));
+    }
     this.dispatch('joined', joined);
     for (const participant of joined.existingParticipants) {
       if (participant.socketId === this.#client.socketId) continue; // (never listed; never our own peer)
@@ -980,12 +1044,106 @@ export class CallMesh extends Listeners {
     this.dispatch('left');
   }
 
+  /**
+   * Set our media state (docs/protocol.md §5 rule 11): what is not given keeps its value. The
+   * others get `participant-updated`; a rejoin carries the new state. The tracks themselves are
+   * the caller's to mute or stop.
+   * @param {{audio?: boolean, video?: boolean, screen?: boolean}} media
+   * @returns {Promise<object | null>} the `webrtc:ack` data; `null` when the mesh is not in the
+   *   room (the next join carries the state); rejected with a {@link SignalingError}
+   */
+  async setMedia(media) {
+    this.media = mediaState(media, this.media ?? defaultMedia(this.#callType));
+    if (!this.#active) return null;
+    return this.#client.request('webrtc:media-state', { callRoomId: this.#roomId, ...this.media });
+  }
+
+  /**
+   * Ring the members of the room's group (docs/protocol.md §9): `userIds`, or every member
+   * not in the room. Ourselves and those in the room are never rung; someone already rung for
+   * this room keeps that ring. Each callee's outcome comes as `ring-updated`.
+   * @param {string[]} [userIds]
+   * @returns {Promise<{ringId: string, callRoomId: string, userIds: string[], expiresAt: string}>}
+   *   the `webrtc:ring-started` data (`userIds`: those actually rung, maybe none); rejected with a
+   *   {@link SignalingError}: `forbidden` for a room without a group or a user outside it
+   */
+  ring(userIds) {
+    const data = { callRoomId: this.#roomId };
+    if (userIds !== undefined) data.userIds = [...userIds].map(String);
+    return this.#client.request('webrtc:ring', data);
+  }
+
+  /**
+   * Stop ringing those a ring of ours still rings: {@link SignalingClient#cancelRing}.
+   * @param {string} ringId
+   * @returns {Promise<object>}
+   */
+  cancelRing(ringId) {
+    return this.#client.cancelRing(ringId);
+  }
+
+  /**
+   * Remove a participant from the room (moderators only, docs/protocol.md §10): it gets
+   * `kicked`, the others `participant-left` with reason `kicked`.
+   * @param {string} targetSocketId
+   * @param {{banSecs?: number}} [options] `banSecs` > 0: its user may not join this room again
+   *   for that long (at most 86400)
+   * @returns {Promise<object>} the `webrtc:ack` data; rejected with a {@link SignalingError}
+   *   (`forbidden`, `participant-not-found`, …)
+   */
+  kick(targetSocketId, { banSecs } = {}) {
+    const data = { callRoomId: this.#roomId, targetSocketId };
+    if (banSecs !== undefined) data.banSecs = banSecs;
+    return this.#client.request('webrtc:kick', data);
+  }
+
+  /**
+   * End the call for everyone in it, us included (moderators only, docs/protocol.md §10): each
+   * gets `call-ended`, so this mesh stops too.
+   * @returns {Promise<object>} the `webrtc:ack` data; rejected with a {@link SignalingError}
+   */
+  endCall() {
+    return this.#client.request('webrtc:end-call', { callRoomId: this.#roomId });
+  }
+
+  /**
+   * Lock the room (only moderators may join it then) or unlock it (moderators only,
+   * docs/protocol.md §10). Everyone in it, us included, gets `room-updated`.
+   * @param {boolean} locked
+   * @returns {Promise<object>} the `webrtc:ack` data; rejected with a {@link SignalingError}
+   */
+  lock(locked) {
+    return this.#client.request('webrtc:lock-room', { callRoomId: this.#roomId, locked: Boolean(locked) });
+  }
+
   #subscribe() {
     const handlers = {
       'webrtc:participant-joined': ({ participant }) => {
         this.#remember(participant);
       },
       'webrtc:participant-left': ({ participant, reason }) => this.#forget(participant.socketId, reason),
+      'webrtc:participant-updated': ({ participant }) => this.#update(participant),
+      'webrtc:room-updated': ({ callRoomId, locked, by }) => {
+        this.locked = locked === true;
+        this.dispatch('room-updated', { callRoomId, locked: this.locked, by });
+      },
+      'webrtc:kicked': ({ callRoomId, by, bannedUntil }) => {
+        this.#stop();
+        this.dispatch('kicked', { callRoomId, by, bannedUntil: dateOrNull(bannedUntil) });
+      },
+      'webrtc:call-ended': ({ callRoomId, by }) => {
+        this.#stop();
+        this.dispatch('call-ended', { callRoomId, by });
+      },
+      'webrtc:ring-updated': ({ ringId, callRoomId, userId, status }) => {
+        this.dispatch('ring-updated', { ringId, callRoomId, userId, status });
+      },
+      'webrtc:incoming-call': ({ ringId, callRoomId, groupId, callType, from, expiresAt }) => {
+        this.dispatch('incoming-call', { ringId, callRoomId, groupId, callType, from, expiresAt });
+      },
+      'webrtc:ring-ended': ({ ringId, callRoomId, reason }) => {
+        this.dispatch('ring-ended', { ringId, callRoomId, reason });
+      },
       'webrtc:offer': (data) => this.#onDescription(data.fromSocketId, data.fromUserId, data.offer),
       'webrtc:answer': (data) => this.#onDescription(data.fromSocketId, data.fromUserId, data.answer),
       'webrtc:ice-candidate': (data) => this.#onCandidate(data),
@@ -996,9 +1154,10 @@ export class CallMesh extends Listeners {
       },
     };
     for (const [event, handler] of Object.entries(handlers)) {
-      // Frames of another room (after a switch) are not this mesh's business.
+      // Frames of another room (after a switch) are not this mesh's business; those about
+      // this user's rings are, whatever their room.
       const scoped = (data) => {
-        if (event === 'webrtc:signaling-error' || data?.callRoomId === this.#roomId) handler(data);
+        if (UNSCOPED_EVENTS.has(event) || data?.callRoomId === this.#roomId) handler(data);
       };
       this.#client.on(event, scoped);
       this.#subscriptions.push([event, scoped]);
@@ -1038,6 +1197,14 @@ export class CallMesh extends Listeners {
     const known = this.participants.has(participant.socketId);
     this.participants.set(participant.socketId, participant);
     if (!known) this.dispatch('participant', { participant });
+  }
+
+  /** A remote participant's new state: it replaces the one known (told as new if it was not). */
+  #update(participant) {
+    if (!isObject(participant) || typeof participant.socketId !== 'string') return;
+    if (participant.socketId === this.#client.socketId) return; // (never sent; never our own tile)
+    this.#remember(participant);
+    this.dispatch('participant-updated', { participant });
   }
 
   #forget(socketId, reason) {
@@ -1168,6 +1335,17 @@ export class CallMesh extends Listeners {
     pc.onnegotiationneeded = pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
     pc.close();
   }
+}
+
+/** The media state the server gives a join without `media` (docs/protocol.md §3). */
+function defaultMedia(callType) {
+  return { audio: true, video: callType !== 'audio', screen: false };
+}
+
+/** `{audio, video, screen}` of the booleans of `given`, the others from `current`. */
+function mediaState(given, current) {
+  const pick = (key) => (typeof given?.[key] === 'boolean' ? given[key] : current[key]);
+  return { audio: pick('audio'), video: pick('video'), screen: pick('screen') };
 }
 
 /**
