@@ -278,7 +278,7 @@ class Presence(abc.ABC):
         otherwise the live one is kept and ``new_session`` is ignored. A join to a
         group's room by someone whose ``group_ids`` lack the group answers ``FORBIDDEN``,
         by a banned user ``BANNED``, to a locked room by someone who is neither
-        ``moderator`` nor its creator ``LOCKED``, to a room with ``capacity`` members
+        ``moderator`` nor (in an ungrouped room) its creator ``LOCKED``, to a room with ``capacity`` members
         ``FULL``; all of them change nothing. A member already in the room gets
         ``ALREADY_IN_ROOM``; one in another room is moved (``previous``). A member whose
         participant's ``video`` is None sends video if the room's call type is video.
@@ -426,3 +426,8 @@ class Presence(abc.ABC):
         With ``forward``, a store that can publish sends it to the members of other
         processes itself and returns only the channels left for this process; one that
         cannot returns them all."""
+
+    @abc.abstractmethod
+    async def locked(self, *, room_key: str) -> bool:
+        """Whether a room's live session is locked (docs/protocol.md §10); ``False`` for
+        a room without one. Read-only."""

@@ -96,7 +96,7 @@ class InMemoryPresence(Presence):
         if banned_until is not None and banned_until > time.time() * 1000:
             return JoinOutcome(JoinStatus.BANNED, banned_until_ms=banned_until)
         if room is not None:
-            creator = room.session.metadata.get("createdBy") == participant.user_id
+            creator = room.session.group_id is None and room.session.metadata.get("createdBy") == participant.user_id
             if room.locked and not moderator and not creator:
                 return JoinOutcome(JoinStatus.LOCKED)
             if len(room.members) >= capacity:
@@ -340,3 +340,7 @@ class InMemoryPresence(Presence):
 
     async def rings_of(self, *, user_id: str) -> list[RingRecord]:
         return [ring.record for ring in self._rings.values() if user_id in ring.ringing]
+
+    async def locked(self, *, room_key: str) -> bool:
+        room = self._rooms.get(room_key)
+        return room is not None and room.locked

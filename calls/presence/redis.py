@@ -153,7 +153,7 @@ end
 if exists then
   if locked and ARGV[11] ~= '1' then
     local live = cjson.decode(redis.call('HGET', key, 'session'))
-    if tostring(live.metadata.createdBy) ~= ARGV[12] then return {'locked'} end
+    if ARGV[4] ~= '' or tostring(live.metadata.createdBy) ~= ARGV[12] then return {'locked'} end
   end
   if redis.call('ZCARD', order) >= tonumber(ARGV[8]) then return {'full'} end
 end
@@ -1061,6 +1061,11 @@ class RedisPresence(Presence):
 
     async def close(self) -> None:
         await self.redis.aclose()
+
+    @_unavailable_on_redis_error
+    async def locked(self, *, room_key: str) -> bool:
+        raw = await self.redis.hget(f"{PREFIX}room:{room_key}", "locked")
+        return raw is not None and _text(raw) == "1"
 
 
 RING_RECORD_LINGER_MS = 60_000  # a ring's record outlives its time: late replies still find it
