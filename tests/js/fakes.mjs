@@ -121,7 +121,7 @@ export function fakeFetch(answerOrPick) {
  * (without oneself) and announces nothing.
  *
  * Ringing, moderation and media state (docs/protocol.md §9, §10, §5 rule 11) follow
- * /tmp/work/ring-spec.md: participants carry `media` (from the join's `media`, by default audio
+ * the "How this server does it" parts of docs/protocol.md: participants carry `media` (from the join's `media`, by default audio
  * on and video for a video room), `webrtc:media-state` tells the others `participant-updated`,
  * and `room-joined` carries `locked`. A room's group is the `metadata.groupId` of the join that
  * created it; `groups` holds each group's members and roles (`{alice: 'owner', bob: 'member'}`;
