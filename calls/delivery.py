@@ -202,9 +202,11 @@ def _of_epoch(socket_id: str, epoch: int | None) -> bool:
 def _out_of_room(socket_id: str, event: Outgoing) -> None:
     """A connection of this process was put out of its room by another's request (kicked,
     the call ended): its caller forgets the room now, before its next request."""
-    caller = process.current().connections.get(socket_id)
+    state = process.current()
+    caller = state.connections.get(socket_id)
     if caller is not None and caller.room_id == _room_decoder.decode(event.encoded_data()).callRoomId:
         caller.exit()
+        state.presence.forget(socket_id)
 
 
 class _RoomOf(msgspec.Struct):

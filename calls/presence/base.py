@@ -314,6 +314,10 @@ class Presence(abc.ABC):
     async def connections_of(self, *, user_id: str) -> tuple[str, ...]:
         """The channels of every open connection of a user, on any process."""
 
+    def forget(self, socket_id: str) -> None:  # noqa: B027 - only a shared store keeps copies
+        """Another process put this process's connection out of its room (a kick, the end
+        of the call): drop what this process keeps of that membership."""
+
     async def ping(self) -> None:  # noqa: B027 - nothing to reach for an in-process store
         """Raise ``PresenceUnavailable`` if the store cannot be reached."""
 

@@ -736,9 +736,13 @@ class RedisPresence(Presence):
         self._connections[socket_id] = (user_id, channel_name)
         return True
 
+    def forget(self, socket_id: str) -> None:
+        self._held.pop(socket_id, None)  # or a restore after Redis lost its data would bring it back
+
     @_unavailable_on_redis_error
     async def close_connection(self, *, user_id: str, socket_id: str) -> None:
         self._connections.pop(socket_id, None)
+        self._held.pop(socket_id, None)
         await self._close_connection(args=[PREFIX, user_id, socket_id, self.server_id])
 
     @_unavailable_on_redis_error
