@@ -40,6 +40,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "channels",
     "rest_framework",
+    "drf_spectacular",
+    # Swagger UI's files for /api/docs/, served like the apps' own static files (no CDN).
+    "drf_spectacular_sidecar",
     "accounts",
     "groups",
     "calls",
@@ -163,6 +166,32 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# The HTTP API's OpenAPI 3 schema (/api/schema/) and Swagger UI (/api/docs/): both public,
+# like the AsyncAPI document of the websocket protocol.
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Call signaling server: HTTP API",
+    "DESCRIPTION": (
+        "The HTTP API of the call signaling server (docs/protocol.md §11): tokens and websocket tickets, "
+        "the caller's chat groups, and its calls, live and past. Authenticate with `Authorization: Bearer "
+        "ACCESS` (from `POST /api/auth/token/`) or a session.\n\n"
+        "The signaling protocol itself, spoken over the websocket `/ws/calls/` (and `/socket.io/`), is "
+        "described by an AsyncAPI 3.0.0 document: [/api/asyncapi.json](/api/asyncapi.json)."
+    ),
+    "VERSION": "1.1",
+    "EXTERNAL_DOCS": {"description": "The signaling protocol (AsyncAPI 3.0.0)", "url": "/api/asyncapi.json"},
+    "SCHEMA_PATH_PREFIX": "/api/",
+    "SERVE_INCLUDE_SCHEMA": False,  # calls.api.document_plain_views describes /api/schema/ itself
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # The views under /api/ that drf-spectacular leaves out (origin check, AsyncAPI, schema, docs).
+        "calls.api.document_plain_views",
+    ],
 }
 
 SIMPLE_JWT = {

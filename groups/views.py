@@ -1,4 +1,5 @@
 from django.http import Http404
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -10,6 +11,13 @@ from groups.serializers import GroupDetailSerializer, GroupSerializer
 class GroupListView(APIView):
     """The caller's groups."""
 
+    @extend_schema(
+        operation_id="groups_list",
+        responses={
+            200: GroupSerializer(many=True),
+            401: OpenApiResponse(description="No credential, or an invalid one"),
+        },
+    )
     def get(self, request: Request) -> Response:
         return Response(GroupSerializer(groups_of_user(user_id=_user_id(request)), many=True).data)
 
@@ -17,6 +25,14 @@ class GroupListView(APIView):
 class GroupDetailView(APIView):
     """One of the caller's groups with its members; 404 for anyone else."""
 
+    @extend_schema(
+        operation_id="groups_detail",
+        responses={
+            200: GroupDetailSerializer,
+            401: OpenApiResponse(description="No credential, or an invalid one"),
+            404: OpenApiResponse(description="No such group, or the caller is not a member"),
+        },
+    )
     def get(self, request: Request, group_id: int) -> Response:
         group = group_for_member(user_id=_user_id(request), group_id=group_id)
         if group is None:

@@ -53,6 +53,7 @@ def test_the_calls_settings_have_the_protocol_defaults(monkeypatch: pytest.Monke
         "CALLS_PRESENCE_TTL_SECS": 30,
         "CALLS_RESUME_GRACE_SECS": 20,
         "CALLS_RESUME_BUFFER": 256,
+        "CALLS_RING_TIMEOUT_SECS": 30,
         "CALLS_ICE_SERVERS": [],
         "CALLS_TURN_URLS": [],
         "CALLS_TURN_SECRET": None,
