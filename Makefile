@@ -33,7 +33,7 @@ format: $(VENV)/.installed-dev
 # The Django tests of the database's behaviour run a second time on a real PostgreSQL,
 # which tests/settings.py starts for CALLS_TEST_DATABASE=postgresql and stops at exit
 # (the server-process tests run on both databases within the first run).
-POSTGRES_TESTS := tests/calls/test_history.py tests/calls/test_history_ringing.py tests/calls/test_calls_api.py tests/accounts/test_seed_demo.py
+POSTGRES_TESTS := tests/calls/test_history.py tests/calls/test_history_ringing.py tests/calls/test_calls_api.py tests/calls/test_signals.py tests/accounts/test_seed_demo.py
 test: lint
 	scripts/ensure-redis
 	scripts/ensure-postgres

@@ -23,6 +23,7 @@ from django.db.models import F, QuerySet
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
+from calls import signals
 from calls.models import CallParticipant, CallRing, CallRoom, ModerationAction
 from calls.presence.base import Departure, Participant, RoomSession, room_key
 from calls.protocol import Event, LeaveReason
@@ -175,24 +176,45 @@ def record_join(
     if previous is not None:
         record_leave(departure=previous, reason=LeaveReason.SWITCHED_ROOM, counts=previous_counts or RelayCounts())
     call = _session_row(session)
-    CallParticipant.objects.create(
+    row = CallParticipant.objects.create(
         call=call,
         user_id=int(participant.user_id),
         socket_id=participant.socket_id,
         joined_at=_parse_time(participant.joined_at),
     )
     CallRoom.objects.filter(pk=call.pk).update(peak_participants=Greatest(F("peak_participants"), member_count))
+    signals.send_on_commit(signals.participant_joined, CallParticipant, participant=row)
 
 
 def record_leave(*, departure: Departure, reason: LeaveReason, counts: RelayCounts) -> None:
     now = timezone.now()
     session_id = departure.session.session_id
-    CallParticipant.objects.filter(call__session_id=session_id, socket_id=departure.participant.socket_id).update(
-        left_at=now, leave_reason=reason.value
+    leaving = CallParticipant.objects.filter(
+        call__session_id=session_id, socket_id=departure.participant.socket_id, left_at__isnull=True
     )
+    _left(leaving, left_at=now, leave_reason=reason.value)
     CallRoom.objects.filter(session_id=session_id).update(**_relay_updates(counts))
     if departure.room_emptied:
-        CallRoom.objects.filter(session_id=session_id, ended_at__isnull=True).update(ended_at=now)
+        _ended(CallRoom.objects.filter(session_id=session_id, ended_at__isnull=True), ended_at=now)
+
+
+def _left(participants: QuerySet[CallParticipant], **update: Any) -> None:
+    """Close these participations, each telling ``participant_left`` once."""
+    for row in participants.select_for_update():
+        if CallParticipant.objects.filter(pk=row.pk, left_at__isnull=True).update(**update):
+            row.refresh_from_db()
+            signals.send_on_commit(signals.participant_left, CallParticipant, participant=row)
+
+
+def _ended(calls: QuerySet[CallRoom], **update: Any) -> int:
+    """End these sessions, each telling ``call_ended`` once; returns how many."""
+    ended = 0
+    for call in calls.select_for_update():
+        if CallRoom.objects.filter(pk=call.pk, ended_at__isnull=True).update(**update):
+            call.refresh_from_db()
+            signals.send_on_commit(signals.call_ended, CallRoom, call=call)
+            ended += 1
+    return ended
 
 
 def record_relays(*, session_id: str, counts: RelayCounts) -> None:
@@ -250,9 +272,12 @@ def record_ring_outcome(*, ring_id: str, callee_user_id: str, outcome: str, at: 
     callee = _user_pk(callee_user_id)
     if callee is None:
         return
-    CallRing.objects.filter(ring_id=ring_id, callee_id=callee, outcome="").update(
+    updated = CallRing.objects.filter(ring_id=ring_id, callee_id=callee, outcome="").update(
         outcome=outcome, ended_at=_parse_utc(at)
     )
+    if updated and outcome == CallRing.Outcome.MISSED:
+        for ring in CallRing.objects.filter(ring_id=ring_id, callee_id=callee):
+            signals.send_on_commit(signals.ring_missed, CallRing, ring=ring)
 
 
 def record_moderation(
@@ -303,12 +328,14 @@ def record_call_ended(*, session_id: str, ended_by_user_id: str, at: str) -> Non
     when = _parse_utc(at)
     ended_by = _existing_users([ended_by_user_id])
     ender = ended_by[0] if ended_by else None
-    CallRoom.objects.filter(pk=call_id, ended_at__isnull=True).update(ended_at=when, ended_by_id=ender)
     if ender is not None:
         CallRoom.objects.filter(pk=call_id, ended_by__isnull=True).update(ended_by_id=ender)
-    CallParticipant.objects.filter(call_id=call_id, left_at__isnull=True).update(
-        left_at=when, leave_reason=CallParticipant.LeaveReason.CALL_ENDED.value
+    _left(
+        CallParticipant.objects.filter(call_id=call_id, left_at__isnull=True),
+        left_at=when,
+        leave_reason=CallParticipant.LeaveReason.CALL_ENDED.value,
     )
+    _ended(CallRoom.objects.filter(pk=call_id, ended_at__isnull=True), ended_at=when)
     CallRing.objects.filter(call_id=call_id, outcome="").update(
         outcome=CallRing.Outcome.CALL_ENDED.value, ended_at=when
     )
@@ -358,7 +385,7 @@ def _session_row(session: RoomSession) -> CallRoom:
         leftovers = leftovers.filter(group_id=group_id)
     _close_sessions(leftovers.exclude(session_id=session.session_id))
     metadata = session.metadata
-    call, _ = CallRoom.objects.get_or_create(
+    call, created = CallRoom.objects.get_or_create(
         session_id=session.session_id,
         defaults={
             "room_id": session.room_id,
@@ -369,16 +396,20 @@ def _session_row(session: RoomSession) -> CallRoom:
             "started_at": _parse_time(metadata["createdAt"]),
         },
     )
+    if created:
+        signals.send_on_commit(signals.call_started, CallRoom, call=call)
     return call
 
 
 def _close_sessions(calls: QuerySet[CallRoom]) -> int:
     now = timezone.now()
     ids = list(calls.values_list("pk", flat=True))
-    CallParticipant.objects.filter(call_id__in=ids, left_at__isnull=True).update(
-        left_at=now, leave_reason=LeaveReason.LOST.value
+    _left(
+        CallParticipant.objects.filter(call_id__in=ids, left_at__isnull=True),
+        left_at=now,
+        leave_reason=LeaveReason.LOST.value,
     )
-    return CallRoom.objects.filter(pk__in=ids).update(ended_at=now)
+    return _ended(CallRoom.objects.filter(pk__in=ids, ended_at__isnull=True), ended_at=now)
 
 
 def open_sessions() -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """Tests that a participant's media follows docs/protocol.md §5 rule 11 (and the media
-choices of /tmp/work/ring-spec.md): the defaults of a join, ``media`` on join-room, and
+choices of docs/protocol.md): the defaults of a join, ``media`` on join-room, and
 ``webrtc:media-state`` told to the others only, seen by later joiners, and recorded."""
 
 from __future__ import annotations

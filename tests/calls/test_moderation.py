@@ -1,4 +1,4 @@
-"""Tests that moderation follows docs/protocol.md §10 as /tmp/work/ring-spec.md decides it:
+"""Tests that moderation follows docs/protocol.md §10 as its "How this server does it" decides it:
 who moderates which room, kick (and its ban), end-call and lock-room, what each one
 tells whom, what it refuses, and what the call history records."""
 
@@ -612,7 +612,7 @@ async def test_the_creator_of_a_groups_room_who_is_a_plain_member_does_not_pass_
 ) -> None:
     """Tests that in a group's room only staff and the group's owners and admins are
     moderators: a plain member who happened to create the session is not one, so a lock
-    keeps his other connections out like anyone else's (ring-spec: "in a group's room
+    keeps his other connections out like anyone else's (docs/protocol.md §10: "in a group's room
     the group's owners and admins; in an ungrouped room the session's creator")."""
     b, a = await in_room(ROOM, bob, alice, **of(team))
     await b.send("webrtc:lock-room", {"callRoomId": ROOM, "locked": True}, id="not-mine")

@@ -1,4 +1,4 @@
-"""Tests that ringing follows docs/protocol.md §9 as /tmp/work/ring-spec.md decides it:
+"""Tests that ringing follows docs/protocol.md §9 as its "How this server does it" decides it:
 who may ring whom, what the ringer, the callees' connections and the room are told, the
 ways one callee's ring ends (each once), ``ring-not-found``, and the call history."""
 
