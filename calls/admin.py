@@ -111,7 +111,15 @@ class CallRoomAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     # Seven narrow columns fit a 1280 px screen; what tells two sessions of one room
     # apart is when (to the second), in which group, and who was in them.
     list_display = ("room_id", "group_name", "started", "length", "who", "peak_participants", "live")
-    list_filter = (LiveFilter, "call_type", "group", "started_at")
+    list_filter = (
+        LiveFilter,
+        "call_type",
+        "group",
+        "started_at",
+        ("participants__user", admin.RelatedOnlyFieldListFilter),
+        "participants__leave_reason",
+        "rings__outcome",
+    )
     search_fields = ("room_id", "participants__user__username", "created_by__username")
     date_hierarchy = "started_at"
     list_select_related = ("group", "created_by")

@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import threading
+import time
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -129,11 +130,19 @@ class ServerLifecycle:
         signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(on_sigterm))
 
 
+RELAY_COUNTS_FLUSH_SECS = 10.0  # a killed process's participants lose at most this much of their counts
+
+
 async def timers_loop() -> None:
     """End what presence says is due, on whichever process gets there first: parked
-    participants whose grace is over, rings whose time is up."""
+    participants whose grace is over, rings whose time is up; and now and then write the
+    relays counted so far to the history."""
+    flushed_at = time.monotonic()
     while True:
         await asyncio.sleep(resume.expiry_interval_secs())
+        if time.monotonic() - flushed_at >= RELAY_COUNTS_FLUSH_SECS:
+            flushed_at = time.monotonic()
+            services.flush_relay_counts()
         for expire in (resume.expire_parked, ringing.expire_rings):
             try:
                 await expire()

@@ -9,7 +9,7 @@ import logging
 from django.conf import settings
 
 from accounts.websocket import in_lookup_thread, user_and_expiry_from_token
-from calls import delivery, metrics, process
+from calls import delivery, history, metrics, process
 from calls.history import RelayCounts, record_leave
 from calls.presence.base import Departure, PresenceUnavailable
 from calls.protocol import (
@@ -192,6 +192,19 @@ async def _retry_release(caller: Caller, reason: LeaveReason) -> None:
         except PresenceUnavailable:
             continue
     logger.error("gave up leaving after a presence outage %s", caller.log_context())
+
+
+def flush_relay_counts() -> int:
+    """Queue the relays counted so far by this process's participants for the history,
+    so that a process that is killed loses at most one interval of them; returns how
+    many participants had any."""
+    flushed = 0
+    for caller in open_connections():
+        counts = caller.counts
+        if caller.session_id is not None and counts.offers + counts.answers + counts.candidates:
+            persist(history.record_relays, session_id=caller.session_id, counts=counts.reset())
+            flushed += 1
+    return flushed
 
 
 async def participant_lost(departure: Departure) -> None:
