@@ -223,9 +223,17 @@ function fakeDocument() {
   const body = parseBody();
   const byId = new Map([...body.all()].filter((element) => element.id).map((element) => [element.id, element]));
   const observers = [];
+  const listeners = new Map();
   return {
     body,
     cookie: '',
+    visibilityState: 'visible',
+    addEventListener: (type, listener) => listeners.set(type, [...(listeners.get(type) ?? []), listener]),
+    /** The tab hidden or shown again, as a browser tells the page. */
+    setVisibility(state) {
+      this.visibilityState = state;
+      for (const listener of listeners.get('visibilitychange') ?? []) listener({ type: 'visibilitychange' });
+    },
     getElementById: (id) => byId.get(id) ?? null,
     observe: (target, callback) => observers.push({ target, callback }),
     mutated: (target) => {
@@ -247,15 +255,53 @@ function fakeTrack(kind) {
 }
 
 let loads = 0;
+// A session id for each session of the fake server (its room info lives as long as the session).
+const sessionIds = new WeakMap();
+let sessions = 0;
+
+/**
+ * What `GET /api/calls/live/` answers `user` of the fake server's rooms (docs/protocol.md §11):
+ * those of its groups (`groups`, the page's), and those without a group it created or is in,
+ * newest first.
+ */
+export function liveCallsOf(server, user, groups) {
+  const mine = new Set(groups.map(({ id }) => String(id)));
+  const calls = [];
+  for (const [callRoomId, entries] of server.rooms) {
+    const info = server.roomInfo(callRoomId);
+    if (!info || entries.length === 0) continue;
+    const participants = entries.map(({ participant }) => participant);
+    const visible =
+      info.groupId === null
+        ? info.createdBy === user || participants.some(({ userId }) => userId === user)
+        : mine.has(info.groupId);
+    if (!visible) continue;
+    if (!sessionIds.has(info)) sessionIds.set(info, `session-${(sessions += 1)}`);
+    calls.push({
+      sessionId: sessionIds.get(info),
+      callRoomId,
+      groupId: info.groupId,
+      callType: info.callType,
+      startedAt: info.metadata.createdAt,
+      locked: info.locked,
+      participants: participants.map((participant) => ({ ...participant, joinedAt: info.metadata.createdAt })),
+    });
+  }
+  return calls.sort((a, b) => (a.startedAt === b.startedAt ? 0 : a.startedAt < b.startedAt ? 1 : -1));
+}
 
 /**
  * The page loaded afresh on `server`, with the HTTP API it signs in with; `storage` is its tab's
  * sessionStorage (pass the one a previous page left for a reload). The API's groups are those of
  * `server.groups` (each named `Team <id>`; without any, group 1 "Team"), and a user's id is its name,
- * as the fake server's userIds are.
+ * as the fake server's userIds are. `GET /api/calls/live/` answers {@link liveCallsOf}, or what
+ * `live(calls, user)` makes of it: an array (200), `{status, body}`, or a promise of either (a
+ * test holds the request by not settling it). Once {@link restore}d, the page is gone: its tab is
+ * hidden, and no request of it is ever answered.
  */
-export async function openPage(server, { storage = new Map() } = {}) {
+export async function openPage(server, { storage = new Map(), live = (calls) => calls } = {}) {
   const http = [];
+  let gone = false;
   const issued = new Map(); // refresh token → user
   const json = (status, body) => ({ ok: status < 300, status, json: async () => body });
   const access = (user) => fakeJwt({ user, exp: Date.now() / 1000 + ACCESS_TTL_SECS, n: http.length });
@@ -269,6 +315,7 @@ export async function openPage(server, { storage = new Map() } = {}) {
     const url = new URL(path, ORIGIN);
     http.push({ url: url.toString(), init });
     await new Promise((resolve) => setImmediate(resolve));
+    if (gone) return new Promise(() => {}); // (the tab was closed)
     const body = init.body ? JSON.parse(init.body) : {};
     const bearer = init.headers?.Authorization?.replace(/^Bearer /, '');
     const user = bearer ? JSON.parse(Buffer.from(bearer.split('.')[1], 'base64url')).user : null;
@@ -294,6 +341,11 @@ export async function openPage(server, { storage = new Map() } = {}) {
         return json(200, { id: user, username: user, displayName: user.toUpperCase() });
       case '/api/groups/':
         return json(200, groupsOf(user).map(({ id, name }) => ({ id, name })));
+      case '/api/calls/live/': {
+        const answer = await live(liveCallsOf(server, user, groupsOf(user)), user);
+        if (gone) return new Promise(() => {});
+        return Array.isArray(answer) ? json(200, answer) : json(answer.status, answer.body);
+      }
       default:
         return server.fetch(url.toString(), init);
     }
@@ -349,7 +401,12 @@ export async function openPage(server, { storage = new Map() } = {}) {
     storage,
     streams,
     app: globalThis.callApp,
-    restore: () => restores.reverse().forEach((restore) => restore()),
+    restore: () => {
+      // The tab closes: the page stops polling (a hidden tab does), and nothing answers it again.
+      document.setVisibility('hidden');
+      gone = true;
+      restores.reverse().forEach((restore) => restore());
+    },
     notice: () => ($('notice').hidden ? '' : $('notice').textContent),
     view: () => document.body.dataset.view,
     async signIn(username) {
@@ -366,6 +423,22 @@ export async function openPage(server, { storage = new Map() } = {}) {
     status: () => $('call-status').textContent,
     /** The incoming-call banners shown. */
     rings: () => $('rings').children,
+    /** The tab hidden (`'hidden'`) or shown again (`'visible'`). */
+    setVisibility: (state) => document.setVisibility(state),
+    /** The requests of the live calls so far. */
+    liveRequests: () => http.filter(({ url }) => new URL(url).pathname === '/api/calls/live/'),
+    /** The lobby's live calls as shown: title, people, meta, locked and audio badges, and the Join button. */
+    liveCalls: () =>
+      $('live-calls').children.map((item) => ({
+        item,
+        sessionId: item.dataset.sessionId,
+        title: item.querySelector('.live-name').textContent,
+        people: item.querySelector('.live-people').textContent,
+        meta: item.querySelector('.live-meta').textContent,
+        locked: !item.querySelector('.live-locked').hidden,
+        audio: !item.querySelector('.live-audio').hidden,
+        button: item.querySelector('.live-join'),
+      })),
     async join(roomValue = 'group-1') {
       $('room-choice').value = roomValue;
       $('join-form').fire('submit');

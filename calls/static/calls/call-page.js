@@ -5,6 +5,11 @@
  *
  * The page holds one signaling connection from the lobby on (not only during a call), so that
  * a ring reaches it wherever the user is; each call is a CallMesh on that connection.
+ *
+ * The lobby lists the calls live in the user's groups (GET /api/calls/live/, docs/protocol.md
+ * §11), each with who is in it and a Join button: asked every LIVE_POLL_MS while the lobby is
+ * shown in a visible tab, and at once after the page's own join or leave and when a ring starts
+ * or ends; never more than one request at a time.
  */
 import { CallMesh, CLOSE_UNAUTHENTICATED, jwtExpiresAt, SignalingClient } from './signaling.js';
 
@@ -21,6 +26,9 @@ const GROUP_ID = /^[1-9][0-9]{0,17}$/;
 // "Remove and ban": how long the removed user may not come back.
 const BAN_SECS = 600;
 const MODERATOR_ROLES = new Set(['owner', 'admin']);
+// How often the lobby asks for the live calls while it is shown and the tab is visible.
+const LIVE_POLL_MS = 5000;
+const LIVE_API = '/api/calls/live/';
 
 const ERROR_TEXT = {
   forbidden: "You are not a member of this group's call.",
@@ -82,8 +90,24 @@ const app = {
   moderator: false,
   members: new Map(),
   ring: null,
+  joining: false,
 };
 window.callApp = app;
+
+/**
+ * The lobby's list of live calls: `calls` the last answer's by sessionId; `inFlight` while a
+ * request is out (the only one); `again` when a refresh was asked meanwhile (one more follows
+ * it); `timer` the next poll; `epoch` counts sign-outs, so that an answer for a user who has
+ * signed out meanwhile is dropped.
+ */
+const live = {
+  calls: new Map(),
+  inFlight: false,
+  again: false,
+  timer: null,
+  epoch: 0,
+};
+app.live = live;
 
 // ---------------------------------------------------------------------------
 // Messages and views
@@ -106,6 +130,10 @@ function show(view) {
   for (const id of ['sign-in', 'lobby', 'call']) $(id).hidden = id !== view;
   $('account').hidden = view === 'sign-in';
   document.body.dataset.view = view;
+  // The lobby's list is asked afresh whenever the lobby shows (after a leave, a refusal, a
+  // removal), and polled only while it shows.
+  if (view === 'lobby') refreshLive();
+  else scheduleLive();
 }
 
 /** `table[key]` when `table` has it as its own (a code from the server is never `constructor`). */
@@ -239,6 +267,7 @@ function signOut(message = '') {
   saveTokens(null);
   app.me = null;
   app.groups = new Map();
+  forgetLive();
   show('sign-in');
   notify(message);
 }
@@ -295,6 +324,166 @@ function backToLobby(call) {
   const choice = $('room-choice');
   if (call && [...choice.options].some((option) => option.value === call.roomId)) choice.value = call.roomId;
   syncRoomField();
+}
+
+// ---------------------------------------------------------------------------
+// The lobby's live calls
+// ---------------------------------------------------------------------------
+
+/** Whether the list is to be polled: the lobby is shown, in a tab the user can see. */
+function lobbyWatched() {
+  return Boolean(app.me) && document.body.dataset.view === 'lobby' && document.visibilityState !== 'hidden';
+}
+
+/**
+ * Ask for the live calls now. While a request is out, the refresh waits for it and follows it
+ * once, however many were asked meanwhile; each answer schedules the next poll.
+ */
+function refreshLive() {
+  clearTimeout(live.timer);
+  live.timer = null;
+  if (!app.tokens || !app.me) return;
+  if (live.inFlight) {
+    live.again = true;
+    return;
+  }
+  live.inFlight = true;
+  const { epoch } = live;
+  api(LIVE_API)
+    .then(
+      (calls) => {
+        if (epoch === live.epoch) showLive(Array.isArray(calls) ? calls : []);
+      },
+      (error) => {
+        if (epoch !== live.epoch) return;
+        if (error.status === 401) {
+          signOut(ERROR_TEXT.unauthenticated); // (the refresh token has expired too)
+          return;
+        }
+        console.warn('live calls', error);
+        liveStatus('Could not load the live calls; trying again…');
+      },
+    )
+    .finally(() => {
+      live.inFlight = false;
+      const again = live.again;
+      live.again = false;
+      if (again) refreshLive();
+      else scheduleLive();
+    });
+}
+
+/** The next poll in LIVE_POLL_MS, if the lobby is watched and no request is out. */
+function scheduleLive() {
+  clearTimeout(live.timer);
+  live.timer = null;
+  if (lobbyWatched() && !live.inFlight) live.timer = setTimeout(refreshLive, LIVE_POLL_MS);
+}
+
+/** Signed out: no more polls, an empty list, and any answer still coming dropped. */
+function forgetLive() {
+  clearTimeout(live.timer);
+  Object.assign(live, { timer: null, again: false, calls: new Map(), epoch: live.epoch + 1 });
+  $('live-calls').replaceChildren();
+  $('live-empty').hidden = true;
+  liveStatus('');
+}
+
+function liveStatus(text) {
+  $('live-status').textContent = text;
+  $('live-status').hidden = !text;
+}
+
+/** A live call of the API as the page lists it, or `null` for one it cannot join. */
+function liveCallOf(call) {
+  if (typeof call !== 'object' || call === null) return null;
+  const { sessionId, callRoomId } = call;
+  if (typeof sessionId !== 'string' || !sessionId || typeof callRoomId !== 'string' || !callRoomId) return null;
+  const groupId = typeof call.groupId === 'string' || typeof call.groupId === 'number' ? String(call.groupId) : null;
+  if (groupId !== null && !GROUP_ID.test(groupId)) return null;
+  const participants = Array.isArray(call.participants) ? call.participants.filter((p) => typeof p === 'object' && p) : [];
+  return {
+    sessionId,
+    callRoomId,
+    groupId,
+    audio: call.callType === 'audio',
+    locked: call.locked === true,
+    startedAt: dateOf(call.startedAt),
+    participants,
+    title: liveTitle(callRoomId, groupId),
+  };
+}
+
+/** A group's own room is the group's name; another room of a group says both. */
+function liveTitle(callRoomId, groupId) {
+  const group = groupId === null ? undefined : app.groups.get(groupId);
+  if (group === undefined) return callRoomId;
+  return callRoomId === `group-${groupId}` ? group : `${group} · ${callRoomId}`;
+}
+
+/** The names of who is in a call, each person once (a user may be in it from two devices). */
+function peopleOf(participants) {
+  const names = new Map();
+  for (const participant of participants) {
+    const key = String(participant.userId ?? participant.socketId ?? names.size);
+    if (!names.has(key)) names.set(key, nameOf(participant));
+  }
+  return [...names.values()];
+}
+
+/**
+ * Show the calls of an answer, newest first as the API gives them. An item stays the same
+ * element while its session lasts, and the list is reordered only when its order changed, so
+ * that a poll never takes the focus from a Join button.
+ */
+function showLive(answer) {
+  const calls = answer.map(liveCallOf).filter(Boolean);
+  live.calls = new Map(calls.map((call) => [call.sessionId, call]));
+  const list = $('live-calls');
+  const before = [...list.children];
+  const items = new Map(before.map((item) => [item.dataset.sessionId, item]));
+  const after = calls.map((call) => describeLive(items.get(call.sessionId) ?? newLiveItem(call.sessionId), call));
+  const same = after.length === before.length && after.every((item, index) => item === before[index]);
+  if (!same) list.replaceChildren(...after);
+  $('live-empty').hidden = calls.length > 0;
+  liveStatus('');
+}
+
+function newLiveItem(sessionId) {
+  const item = $('live-template').content.firstElementChild.cloneNode(true);
+  item.dataset.sessionId = sessionId;
+  item.querySelector('.live-join').addEventListener('click', () => {
+    const call = live.calls.get(sessionId);
+    if (call) joinLive(call);
+  });
+  return item;
+}
+
+function describeLive(item, call) {
+  const people = peopleOf(call.participants);
+  item.querySelector('.live-name').textContent = call.title;
+  item.querySelector('.live-audio').hidden = !call.audio;
+  item.querySelector('.live-locked').hidden = !call.locked;
+  item.querySelector('.live-people').textContent = people.join(', ');
+  const count = `${people.length} ${people.length === 1 ? 'person' : 'people'}`;
+  item.querySelector('.live-meta').textContent = call.startedAt ? `${count} · since ${timeText(call.startedAt)}` : count;
+  const join = item.querySelector('.live-join');
+  join.setAttribute('aria-label', `Join ${call.title}${call.locked ? ' (locked)' : ''}`);
+  join.disabled = app.joining;
+  return item;
+}
+
+/** Join a call of the list: its room, with its groupId (none for a room without a group). */
+function joinLive(call) {
+  const { callRoomId, title, groupId } = call;
+  joinCall({ roomId: callRoomId, title, metadata: groupId ? { groupId } : undefined });
+}
+
+/** The lobby's Join buttons, all disabled while a join is under way. */
+function setJoining(joining) {
+  app.joining = joining;
+  $('join').disabled = joining;
+  for (const button of $('live-calls').querySelectorAll('.live-join')) button.disabled = joining;
 }
 
 /** The call this tab was in before a reload (its room id, title and groupId only), or `null`. */
@@ -375,11 +564,17 @@ function watchClient(client) {
       console.warn('signaling', error); // retried by the client (a ticket, a refresh)
     }
   });
+  // A ring says a call has started (and its end, that someone may have joined it or left):
+  // the lobby's list is asked afresh.
   client.on('webrtc:incoming-call', (call) => {
-    if (app.client === client) showRing(call);
+    if (app.client !== client) return;
+    showRing(call);
+    refreshLive();
   });
   client.on('webrtc:ring-ended', ({ ringId }) => {
-    if (app.client === client) ringOf(ringId)?.remove();
+    if (app.client !== client) return;
+    ringOf(ringId)?.remove();
+    refreshLive();
   });
 }
 
@@ -441,7 +636,7 @@ async function declineRing(ringId) {
 async function joinCall(call = chosenRoom()) {
   notify('');
   const { roomId, title, metadata } = call;
-  $('join').disabled = true;
+  setJoining(true);
   try {
     if (app.mesh) await leaveCall({ toLobby: false });
     let localStream;
@@ -479,8 +674,9 @@ async function joinCall(call = chosenRoom()) {
     updateCallControls();
     show('call');
     learnRole(mesh);
+    refreshLive(); // (the lobby shows this call when we come back to it)
   } finally {
-    $('join').disabled = false;
+    setJoining(false);
   }
 }
 
@@ -788,6 +984,11 @@ $('toggle-camera').addEventListener('click', (event) =>
 $('ring-group').addEventListener('click', ringGroup);
 $('lock-call').addEventListener('click', toggleLock);
 $('end-for-all').addEventListener('click', endForAll);
+// A hidden tab stops polling the live calls; shown again, it asks at once.
+document.addEventListener('visibilitychange', () => {
+  if (lobbyWatched()) refreshLive();
+  else scheduleLive();
+});
 new MutationObserver(() => {
   const count = $('tiles').children.length;
   $('tiles').dataset.count = String(count);
