@@ -74,6 +74,35 @@ class Cluster:
         self.clients.append(client)
         return client, connected, second
 
+    async def in_room(self, room: str, *seats: tuple[int, str]) -> list[WsClient]:
+        """A client for each ``(server, user)`` of ``seats``, all joined to ``room`` in turn."""
+        clients = [await self.connect(server, user) for server, user in seats]
+        await join_all(room, clients)
+        return clients
+
+    async def drop(self, client: WsClient) -> float:
+        """Abort ``client``'s TCP connection (no close frame: the server sees 1006) and wait
+        until presence holds it parked; the moment of the drop (time.monotonic())."""
+        await client.abort()
+        dropped_at = time.monotonic()
+        await self.parked(1)
+        return dropped_at
+
+    async def resumed(self, server: int, user: str, old: WsClient, room: str | None, *, missed: int) -> WsClient:
+        """``user`` on ``server`` presenting ``old``'s resume token, resumed as ``old`` in
+        ``room`` with ``missed`` frames (``assert_resumed``): the new client."""
+        client, connected, second = await self.resume(server, user, old.resume_token)
+        assert_resumed(connected, second, old, room, missed)
+        return client
+
+    async def refused(self, server: int, user: str, resume_token: str, old: WsClient, tag: str) -> WsClient:
+        """``user`` on ``server`` presenting ``resume_token`` is refused the resume of ``old``
+        (``assert_resume_failed``) and gets nothing else (a round trip tagged ``tag``)."""
+        client, connected, second = await self.resume(server, user, resume_token)
+        assert_resume_failed(connected, second, old, old.user_id)
+        await client.round_trip(tag)
+        return client
+
     async def metric(self, sample: str) -> float:
         return await asyncio.to_thread(metric_sum, self.servers, sample)
 
@@ -258,22 +287,17 @@ async def test_a_dropped_connection_resumes_on_another_process_with_what_it_miss
     or come back, also after the grace; one participation row, with one resume."""
     cluster = await make_cluster(database)
     room = "resume-negotiation"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(0, "carol")  # on the parking process: a sentinel through it
-    await join_all(room, [alice, bob, carol])
+    # carol on the parking process: a sentinel through it
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (0, "carol"))
 
-    await alice.abort()
-    dropped_at = time.monotonic()
-    await cluster.parked(1)
+    dropped_at = await cluster.drop(alice)
 
     offer = {"type": "offer", "sdp": "v=0\r\na=x-gap:offer\r\n"}
     await acked(bob, "webrtc:offer", {"callRoomId": room, "targetSocketId": alice.socket_id, "offer": offer}, "b-1")
     for n in range(1, 4):
         await acked(bob, "webrtc:ice-candidate", candidate(room, alice, f"candidate:gap-{n}"), f"b-{n + 1}")
 
-    resumed, connected, second = await cluster.resume(2, "alice", alice.resume_token)
-    assert_resumed(connected, second, alice, room, missed=4)
+    resumed = await cluster.resumed(2, "alice", alice, room, missed=4)
     await relayed(resumed, bob, "webrtc:offer", "offer", offer)
     for n in range(1, 4):
         await relayed(resumed, bob, "webrtc:ice-candidate", "candidate", f"candidate:gap-{n}")
@@ -307,14 +331,9 @@ async def test_a_parked_participant_that_never_returns_leaves_once_after_the_gra
     each of the others, and its participation row is closed so."""
     cluster = await make_cluster(database)
     room = "resume-expiry"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(2, "carol")
-    await join_all(room, [alice, bob, carol])
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (2, "carol"))
 
-    await alice.abort()
-    dropped_at = time.monotonic()
-    await cluster.parked(1)
+    dropped_at = await cluster.drop(alice)
     await quiet(room, [bob, carol], "parked")  # the others are told nothing at the drop
 
     await assert_left_once_after_grace(cluster, room, alice, [bob, carol], dropped_at, since_kill=None)
@@ -334,14 +353,9 @@ async def test_a_parked_participant_of_a_killed_process_leaves_once_as_disconnec
     reaper) and with one that ends after it (the reaper must leave a parked one alone)."""
     cluster = await make_cluster(sqlite_database, CALLS_RESUME_GRACE_SECS=str(grace))
     room = "resume-expiry-killed"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(2, "carol")
-    await join_all(room, [alice, bob, carol])
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (2, "carol"))
 
-    await alice.abort()
-    dropped_at = time.monotonic()
-    await cluster.parked(1)
+    dropped_at = await cluster.drop(alice)
     cluster.servers[0].stop(signal.SIGKILL)
     killed_at = time.monotonic()
 
@@ -387,13 +401,9 @@ async def test_a_parked_participant_resumes_after_its_process_died(
     kill, and nobody was told anything."""
     cluster = await make_cluster(sqlite_database, CALLS_RESUME_GRACE_SECS=str(PRESENCE_TTL_SECS + 3 * int(MARGIN_SECS)))
     room = "resume-after-kill"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(2, "carol")
-    await join_all(room, [alice, bob, carol])
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (2, "carol"))
 
-    await alice.abort()
-    await cluster.parked(1)
+    await cluster.drop(alice)
     await acked(bob, "webrtc:ice-candidate", candidate(room, alice, "candidate:before-kill-1"), "b-1")
     await acked(carol, "webrtc:ice-candidate", candidate(room, alice, "candidate:before-kill-2"), "c-1")
     cluster.servers[0].stop(signal.SIGKILL)
@@ -402,8 +412,7 @@ async def test_a_parked_participant_resumes_after_its_process_died(
     await until(killed_at + PRESENCE_TTL_SECS + MARGIN_SECS, "the killed process's lease has run out")
     await acked(carol, "webrtc:ice-candidate", candidate(room, alice, "candidate:after-kill-2"), "c-2")
 
-    resumed, connected, second = await cluster.resume(1, "alice", alice.resume_token)
-    assert_resumed(connected, second, alice, room, missed=4)
+    resumed = await cluster.resumed(1, "alice", alice, room, missed=4)
     await relayed(resumed, bob, "webrtc:ice-candidate", "candidate", "candidate:before-kill-1")
     await relayed(resumed, carol, "webrtc:ice-candidate", "candidate", "candidate:before-kill-2")
     await relayed(resumed, bob, "webrtc:ice-candidate", "candidate", "candidate:after-kill-1")
@@ -419,17 +428,13 @@ async def test_a_full_resume_buffer_keeps_the_newest_frames_and_counts_the_rest(
 ) -> None:
     cluster = await make_cluster(sqlite_database, CALLS_RESUME_BUFFER="5", CALLS_RESUME_GRACE_SECS=str(LONG_GRACE_SECS))
     room = "resume-overflow"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    await join_all(room, [alice, bob])
+    alice, bob = await cluster.in_room(room, (0, "alice"), (1, "bob"))
 
-    await alice.abort()
-    await cluster.parked(1)
+    await cluster.drop(alice)
     for n in range(8):
         await acked(bob, "webrtc:ice-candidate", candidate(room, alice, f"candidate:{n}"), f"b-{n}")
 
-    resumed, connected, second = await cluster.resume(2, "alice", alice.resume_token)
-    assert_resumed(connected, second, alice, room, missed=5)
+    resumed = await cluster.resumed(2, "alice", alice, room, missed=5)
     for n in range(3, 8):
         await relayed(resumed, bob, "webrtc:ice-candidate", "candidate", f"candidate:{n}")
     await resumed.round_trip("after-missed")
@@ -447,27 +452,19 @@ async def test_a_used_token_is_refused_and_the_new_one_still_resumes(
 ) -> None:
     cluster = await make_cluster(sqlite_database, CALLS_RESUME_GRACE_SECS=str(LONG_GRACE_SECS))
     room = "resume-reuse"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(2, "carol")
-    await join_all(room, [alice, bob, carol])
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (2, "carol"))
 
-    await alice.abort()
-    await cluster.parked(1)
-    first, connected, second = await cluster.resume(1, "alice", alice.resume_token)
-    assert_resumed(connected, second, alice, room, missed=0)
+    await cluster.drop(alice)
+    first = await cluster.resumed(1, "alice", alice, room, missed=0)
     await quiet(room, [first, bob, carol], "first-resume")
 
-    await first.abort()  # dropped again
-    await cluster.parked(1)
+    await cluster.drop(first)  # dropped again
     await acked(bob, "webrtc:ice-candidate", candidate(room, first, "candidate:gap"), "b-gap")
-    stale, connected, second = await cluster.resume(2, "alice", alice.resume_token)  # the first token, used
-    assert_resume_failed(connected, second, alice, alice.user_id)
-    await stale.round_trip("stale")  # a newcomer in no room: no missed frames, no room
+    # The first token, used: a newcomer in no room (no missed frames, no room).
+    await cluster.refused(2, "alice", alice.resume_token, alice, "stale")
     await quiet(room, [bob, carol], "stale")  # and nobody saw a participant-joined
 
-    again, connected, second = await cluster.resume(2, "alice", first.resume_token)
-    assert_resumed(connected, second, first, room, missed=1)
+    again = await cluster.resumed(2, "alice", first, room, missed=1)
     await relayed(again, bob, "webrtc:ice-candidate", "candidate", "candidate:gap")
     await quiet(room, [again, bob, carol], "second-resume")
     assert await cluster.metric("calls_resumes_total") == 2
@@ -479,24 +476,18 @@ async def test_another_users_token_and_a_garbage_token_are_refused(
 ) -> None:
     cluster = await make_cluster(sqlite_database, CALLS_RESUME_GRACE_SECS=str(LONG_GRACE_SECS))
     room = "resume-foreign"
-    alice = await cluster.connect(0, "alice")
-    carol = await cluster.connect(1, "carol")
-    await join_all(room, [alice, carol])
+    alice, carol = await cluster.in_room(room, (0, "alice"), (1, "carol"))
 
-    await alice.abort()
-    await cluster.parked(1)
+    await cluster.drop(alice)
     bob, connected, second = await cluster.resume(2, "bob", alice.resume_token)  # bob's credential
     assert connected["data"]["userId"] != alice.user_id
     assert_resume_failed(connected, second, alice, connected["data"]["userId"])
     await bob.round_trip("bob")
-    garbage, connected, second = await cluster.resume(1, "alice", "not-a-resume-token")
-    assert_resume_failed(connected, second, alice, alice.user_id)
-    await garbage.round_trip("garbage")
+    await cluster.refused(1, "alice", "not-a-resume-token", alice, "garbage")
     await quiet(room, [carol], "refused")
 
     # Neither refusal spent alice's token, or took her place.
-    resumed, connected, second = await cluster.resume(2, "alice", alice.resume_token)
-    assert_resumed(connected, second, alice, room, missed=0)
+    resumed = await cluster.resumed(2, "alice", alice, room, missed=0)
     await quiet(room, [resumed, carol], "resumed")
 
 
@@ -505,19 +496,13 @@ async def test_a_token_is_refused_once_the_grace_is_over(
 ) -> None:
     cluster = await make_cluster(sqlite_database)
     room = "resume-expired"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(2, "carol")
-    await join_all(room, [alice, bob, carol])
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (2, "carol"))
 
-    await alice.abort()
-    await cluster.parked(1)
+    await cluster.drop(alice)
     for other in (bob, carol):  # the grace is over
         left = await other.expect("webrtc:participant-left", timeout=GRACE_SECS + MARGIN_SECS)
         assert left["data"]["reason"] == "disconnected", left
-    late, connected, second = await cluster.resume(2, "alice", alice.resume_token)
-    assert_resume_failed(connected, second, alice, alice.user_id)
-    await late.round_trip("late")
+    late = await cluster.refused(2, "alice", alice.resume_token, alice, "late")
     await quiet(room, [bob, carol], "late")  # the refused one is in no room
     joined = await late.join(room)  # and joins as a newcomer
     assert [p["socketId"] for p in joined["existingParticipants"]] == [bob.socket_id, carol.socket_id]
@@ -530,13 +515,9 @@ async def test_two_concurrent_resumes_of_one_token_on_two_processes_make_one_win
 ) -> None:
     cluster = await make_cluster(sqlite_database, CALLS_RESUME_GRACE_SECS=str(LONG_GRACE_SECS))
     room = "resume-race"
-    alice = await cluster.connect(0, "alice")
-    bob = await cluster.connect(1, "bob")
-    carol = await cluster.connect(2, "carol")
-    await join_all(room, [alice, bob, carol])
+    alice, bob, carol = await cluster.in_room(room, (0, "alice"), (1, "bob"), (2, "carol"))
 
-    await alice.abort()
-    await cluster.parked(1)
+    await cluster.drop(alice)
     await acked(bob, "webrtc:ice-candidate", candidate(room, alice, "candidate:gap"), "b-gap")
     attempts = await asyncio.gather(
         cluster.resume(1, "alice", alice.resume_token), cluster.resume(2, "alice", alice.resume_token)

@@ -56,14 +56,32 @@ def make_session(room_id: str, *, creator: User, stays: tuple[tuple[User, str], 
     return call
 
 
-def ring(call: CallRoom, ringer: User, *callees: User, ring_id: str = "ring-1") -> None:
+def record_ring(session_id: str, ringer_user_id: str, callee_user_ids: list[str], ring_id: str = "ring-1") -> None:
+    """``history.record_ring`` of a ring started at ``T0``, expiring 30 s later."""
     history.record_ring(
-        session_id=call.session_id,
+        session_id=session_id,
         ring_id=ring_id,
-        ringer_user_id=str(ringer.pk),
-        callee_user_ids=[str(callee.pk) for callee in callees],
+        ringer_user_id=ringer_user_id,
+        callee_user_ids=callee_user_ids,
         started_at=T0,
         expires_at=T0_PLUS_30S,
+    )
+
+
+def ring(call: CallRoom, ringer: User, *callees: User, ring_id: str = "ring-1") -> None:
+    record_ring(call.session_id, str(ringer.pk), [str(callee.pk) for callee in callees], ring_id=ring_id)
+
+
+def ban(call: CallRoom, actor: User, target: User, target_socket_id: str, *, at: str) -> None:
+    """``history.record_moderation`` of ``actor`` kicking ``target`` with a ban until ``T0_PLUS_2M``."""
+    history.record_moderation(
+        session_id=call.session_id,
+        actor_user_id=str(actor.pk),
+        action="ban",
+        at=at,
+        target_user_id=str(target.pk),
+        target_socket_id=target_socket_id,
+        banned_until=T0_PLUS_2M,
     )
 
 
@@ -106,14 +124,7 @@ def test_a_ring_records_one_ringing_row_per_callee(call: CallRoom, alice: User, 
 
 
 def test_a_ring_of_a_session_without_a_row_records_nothing(alice: User, carol: User) -> None:
-    history.record_ring(
-        session_id="no-such-session",
-        ring_id="ring-1",
-        ringer_user_id=str(alice.pk),
-        callee_user_ids=[str(carol.pk)],
-        started_at=T0,
-        expires_at=T0_PLUS_30S,
-    )
+    record_ring("no-such-session", str(alice.pk), [str(carol.pk)])
 
     assert not CallRing.objects.exists()
 
@@ -134,28 +145,14 @@ def test_a_ring_leaves_out_callees_deleted_meanwhile_and_a_deleted_ringer(
     carol.delete()
     bob.delete()
 
-    history.record_ring(
-        session_id=call.session_id,
-        ring_id="ring-1",
-        ringer_user_id=str(bob_pk),
-        callee_user_ids=[str(carol_pk), str(dave.pk)],
-        started_at=T0,
-        expires_at=T0_PLUS_30S,
-    )
+    record_ring(call.session_id, str(bob_pk), [str(carol_pk), str(dave.pk)])
 
     (row,) = CallRing.objects.all()
     assert (row.callee, row.ringer) == (dave, None)
 
 
 def test_a_ring_whose_callees_are_all_gone_records_nothing(call: CallRoom, alice: User) -> None:
-    history.record_ring(
-        session_id=call.session_id,
-        ring_id="ring-1",
-        ringer_user_id=str(alice.pk),
-        callee_user_ids=["987654", "not-a-pk"],
-        started_at=T0,
-        expires_at=T0_PLUS_30S,
-    )
+    record_ring(call.session_id, str(alice.pk), ["987654", "not-a-pk"])
 
     assert not CallRing.objects.exists()
 
@@ -214,15 +211,7 @@ def test_an_unknown_outcome_is_refused(call: CallRoom, alice: User, carol: User)
 
 
 def test_a_kick_with_a_ban_is_recorded(call: CallRoom, alice: User, bob: User) -> None:
-    history.record_moderation(
-        session_id=call.session_id,
-        actor_user_id=str(alice.pk),
-        action="ban",
-        at=T0,
-        target_user_id=str(bob.pk),
-        target_socket_id="team-room-s1",
-        banned_until=T0_PLUS_2M,
-    )
+    ban(call, alice, bob, "team-room-s1", at=T0)
 
     (row,) = ModerationAction.objects.all()
     assert (row.call, row.actor, row.action, row.at) == (call, alice, "ban", utc(T0))
@@ -460,15 +449,7 @@ def audited(alice: User, bob: User, carol: User, dave: User) -> CallRoom:
     history.record_ring_outcome(ring_id="ring-1", callee_user_id=str(carol.pk), outcome="declined", at=T0_PLUS_30S)
     history.record_media_change(session_id=call.session_id, socket_id="audit-room-s0")
     history.record_moderation(session_id=call.session_id, actor_user_id=str(alice.pk), action="lock", at=T0)
-    history.record_moderation(
-        session_id=call.session_id,
-        actor_user_id=str(alice.pk),
-        action="ban",
-        at=T0_PLUS_1M,
-        target_user_id=str(bob.pk),
-        target_socket_id="audit-room-s1",
-        banned_until=T0_PLUS_2M,
-    )
+    ban(call, alice, bob, "audit-room-s1", at=T0_PLUS_1M)
     history.record_call_ended(session_id=call.session_id, ended_by_user_id=str(alice.pk), at=T0_PLUS_2M)
     other = make_session("other-room", creator=bob, stays=((bob, ""),))
     ring(other, bob, carol, ring_id="ring-2")

@@ -34,6 +34,14 @@ async def resume_as(connect: ConnectFactory, user: User, token: str) -> tuple[Cl
     return client, connected["data"]
 
 
+async def resumed_as(connect: ConnectFactory, user: User, token: str, socket_id: str) -> tuple[Client, dict[str, Any]]:
+    """Connect ``user`` presenting ``token``, resumed as ``socket_id``; returns the client and
+    the data of its ``webrtc:resumed``."""
+    client, connected = await resume_as(connect, user, token)
+    assert connected["socketId"] == socket_id
+    return client, (await client.expect("webrtc:resumed"))["data"]
+
+
 async def relay_to(sender: Client, room: str, target: str, event: str, payload: dict[str, Any], id: str) -> None:
     await sender.send(event, {"callRoomId": room, "targetSocketId": target, **payload}, id=id)
     ack = await sender.expect("webrtc:ack")
@@ -54,12 +62,10 @@ async def test_a_dropped_connection_resumes_with_what_it_missed_in_order(
     for n in range(3):
         await relay_to(b, "resume-1", a.socket_id, "webrtc:ice-candidate", {"candidate": candidate(n)}, f"c{n}")
 
-    again, connected = await resume_as(connect, alice, a.resume_token)
+    again, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
 
-    assert connected["socketId"] == a.socket_id
-    assert connected["resumeToken"] != a.resume_token
-    resumed = await again.expect("webrtc:resumed")
-    assert resumed["data"] == {"socketId": a.socket_id, "callRoomId": "resume-1", "missed": 4}
+    assert again.resume_token != a.resume_token
+    assert resumed == {"socketId": a.socket_id, "callRoomId": "resume-1", "missed": 4}
     offer = await again.expect("webrtc:offer")
     assert offer["data"]["fromSocketId"] == b.socket_id and offer["data"]["offer"]["sdp"] == "v=0 o"
     for n in range(3):
@@ -135,9 +141,7 @@ async def test_a_token_resumes_once(in_room: InRoom, connect: ConnectFactory, al
     failures = metric("calls_resume_failures_total")
     await expect_refused(connect, alice, a.resume_token, a.socket_id)  # the first token, used
     assert metric("calls_resume_failures_total") == failures + 1
-    third, connected = await resume_as(connect, alice, again.resume_token)  # the one it was given
-    assert connected["socketId"] == a.socket_id
-    await third.expect("webrtc:resumed")
+    await resumed_as(connect, alice, again.resume_token, a.socket_id)  # the one it was given
     await b.round_trip()
 
 
@@ -179,10 +183,9 @@ async def test_a_resume_takes_over_a_connection_the_server_still_thinks_alive(
 ) -> None:
     # A phone on a new network comes back before the server noticed its old socket die.
     a, b = await in_room("resume-takeover", alice, bob)
-    again, connected = await resume_as(connect, alice, a.resume_token)
+    again, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
     await a.expect_close(1001)  # (without waiting for its close frame, which a dead client never sends)
-    assert connected["socketId"] == a.socket_id
-    assert (await again.expect("webrtc:resumed"))["data"]["callRoomId"] == "resume-takeover"
+    assert resumed["callRoomId"] == "resume-takeover"
     await relay_to(b, "resume-takeover", a.socket_id, "webrtc:ice-candidate", {"candidate": candidate(1)}, "c")
     assert (await again.expect("webrtc:ice-candidate"))["data"]["candidate"] == candidate(1)
     await b.round_trip()
@@ -191,9 +194,8 @@ async def test_a_resume_takes_over_a_connection_the_server_still_thinks_alive(
 async def test_a_connection_in_no_room_resumes_to_no_room(connect: ConnectFactory, alice: User) -> None:
     a = await connect(alice)
     await a.drop()
-    again, connected = await resume_as(connect, alice, a.resume_token)
-    assert connected["socketId"] == a.socket_id
-    assert (await again.expect("webrtc:resumed"))["data"] == {"socketId": a.socket_id, "callRoomId": None, "missed": 0}
+    _, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
+    assert resumed == {"socketId": a.socket_id, "callRoomId": None, "missed": 0}
 
 
 async def test_shutdown_parks_instead_of_announcing(
@@ -205,9 +207,8 @@ async def test_shutdown_parks_instead_of_announcing(
     await b.expect_close(1001)
     assert await process.current().presence.parked_count() == 2
     process.current().all_closed = None  # (the same state serves on: a new process would)
-    again, connected = await resume_as(connect, alice, a.resume_token)
-    assert connected["socketId"] == a.socket_id
-    assert (await again.expect("webrtc:resumed"))["data"]["missed"] == 0
+    again, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
+    assert resumed["missed"] == 0
     await again.round_trip()
 
 

@@ -19,17 +19,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import pytest
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCDataChannel, RTCPeerConnection
 
+from tests.e2e.test_aiortc_mesh import AiortcPeer
 from tests.redis_server import RedisServer
 from tests.servers import Server, ServerDatabase, prepare_database, start_daphnes
 from tests.wsclient import ResumingClient, wait_until
 
 PEERS = ("alice", "bob", "carol")
 ROOM = "aiortc-resume"
-LOOPBACK = "127.0.0.1"
 PRESENCE_TTL_SECS = 6
 GRACE_SECS = 8
 SHUTDOWN_TIMEOUT_SECS = 5
@@ -42,11 +41,7 @@ MESSAGE_INTERVAL_SECS = 0.05  # each peer sends on each channel 20 times a secon
 MAX_SILENCE_SECS = 1.5  # the longest a channel may go without a message around the stop
 MESSAGES_AFTER = 20  # each channel carries at least this many after the last resume
 
-
-@pytest.fixture(autouse=True)
-def loopback_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """aioice offers host candidates on every interface except loopback; offer loopback only."""
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: [LOOPBACK])
+pytestmark = pytest.mark.usefixtures("loopback_candidates")  # tests/e2e/conftest.py
 
 
 @pytest.fixture
@@ -69,20 +64,17 @@ def cluster(tmp_path: Path) -> Iterator[list[Server]]:
         redis.stop()
 
 
-class ResumingPeer:
+class ResumingPeer(AiortcPeer):
     """One participant: a ``ResumingClient`` and one peer connection per other
-    participant. As in ``signaling.js``, the newcomer offers (and opens the data channel);
-    aiortc puts its candidates in the SDP, so nothing is trickled. Every channel carries
-    a numbered message every ``MESSAGE_INTERVAL_SECS``; what arrives is noted with its
-    time, per sender."""
+    participant, negotiated as in ``test_aiortc_mesh.py`` (``AiortcPeer``). Every channel
+    carries a numbered message every ``MESSAGE_INTERVAL_SECS``; what arrives is noted with
+    its time, per sender."""
 
     def __init__(self, name: str, urls: list[str], token: str, changed: asyncio.Event) -> None:
-        self.name = name
+        super().__init__(name, ROOM)
         self.client = ResumingClient(urls, token, backoff=BACKOFF_SECS, on_frame=self.on_frame, changed=changed)
         self.changed = changed
-        self.connections: dict[str, RTCPeerConnection] = {}
         self.channels: dict[str, RTCDataChannel] = {}
-        self.usernames: dict[str, str] = {}  # socketId → username
         self.arrivals: dict[str, list[tuple[float, int]]] = {}  # sender's username → (time, number)
         self.sentinels: set[str] = set()
         self.negotiations: list[tuple[float, str]] = []  # (time, event) of offers and answers
@@ -97,10 +89,7 @@ class ResumingPeer:
         await self.client.start()
         assert await self.client.send("webrtc:join-room", {"callRoomId": ROOM}, id=f"join-{self.name}")
         await wait_until(self.changed, lambda: f"join-{self.name}" in self.replies, MESH_TIMEOUT_SECS, "joined")
-        joined = self.replies.pop(f"join-{self.name}")["data"]
-        for participant in joined["existingParticipants"]:
-            self.usernames[participant["socketId"]] = participant["username"]
-            await self.offer(participant["socketId"])
+        await self.offer_to_existing(self.replies.pop(f"join-{self.name}")["data"])
         self.pump = asyncio.create_task(self.send_messages())
 
     async def on_frame(self, frame: dict[str, Any]) -> None:
@@ -117,17 +106,14 @@ class ResumingPeer:
             await self.answer(data["fromSocketId"], data["offer"])
         elif event == "webrtc:answer":
             self.negotiations.append((time.monotonic(), event))
-            await self.connections[data["fromSocketId"]].setRemoteDescription(
-                RTCSessionDescription(sdp=data["answer"]["sdp"], type=data["answer"]["type"])
-            )
+            await self.answered(data)
         elif event == "webrtc:ice-candidate":
             self.sentinels.add(f"{self.usernames.get(data['fromSocketId'])}:{data['candidate']}")
         else:
             self.errors.append(frame)
 
     def connection(self, socket_id: str) -> RTCPeerConnection:
-        connection = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only
-        self.connections[socket_id] = connection
+        connection = super().connection(socket_id)
 
         @connection.on("connectionstatechange")
         def on_state() -> None:
@@ -135,25 +121,8 @@ class ResumingPeer:
 
         return connection
 
-    async def offer(self, socket_id: str) -> None:
-        connection = self.connection(socket_id)
-        self.attach(connection.createDataChannel("chat"), socket_id)
-        await connection.setLocalDescription(await connection.createOffer())
-        await self.send_description("webrtc:offer", "offer", socket_id, connection)
-
-    async def answer(self, socket_id: str, offer: dict[str, str]) -> None:
-        connection = self.connection(socket_id)
-        connection.on("datachannel", lambda channel: self.attach(channel, socket_id))
-        await connection.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
-        await connection.setLocalDescription(await connection.createAnswer())
-        await self.send_description("webrtc:answer", "answer", socket_id, connection)
-
-    async def send_description(self, event: str, key: str, socket_id: str, connection: RTCPeerConnection) -> None:
-        description = connection.localDescription
-        assert await self.client.send(
-            event,
-            {"callRoomId": ROOM, "targetSocketId": socket_id, key: {"type": description.type, "sdp": description.sdp}},
-        )
+    async def send_frame(self, event: str, data: dict[str, Any]) -> None:
+        assert await self.client.send(event, data)
 
     def attach(self, channel: RTCDataChannel, socket_id: str) -> None:
         self.channels[socket_id] = channel
@@ -181,8 +150,7 @@ class ResumingPeer:
         if self.pump is not None:
             self.pump.cancel()
             await asyncio.gather(self.pump, return_exceptions=True)
-        for connection in self.connections.values():
-            await connection.close()
+        await self.close_connections()
         await self.client.stop()
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 
 from playwright.async_api import Browser, Page, expect
 
-from tests.e2e.conftest import DEMO_GROUP, DESKTOP, PASSWORD, STEP_TIMEOUT_MS
+from tests.e2e.conftest import (
+    DEMO_GROUP,
+    DESKTOP,
+    JOIN_BUTTON,
+    MESH_CONNECTED,
+    REMOTE_VIDEOS_PLAYING,
+    STEP_TIMEOUT_MS,
+    remote_names,
+    sign_in,
+)
 from tests.servers import PROJECT_DIR, Server
 
 PHONE = {"width": 390, "height": 844}
@@ -29,19 +38,6 @@ SCREENSHOT = ARTIFACTS / "screenshot-call.png"
 # The README's copy is refreshed from this test with UPDATE_SCREENSHOT=1 (or when missing),
 # so that ordinary runs leave the work tree clean.
 README_SCREENSHOT = PROJECT_DIR / "docs" / "screenshot-call.png"
-JOIN_BUTTON = "Join with camera and microphone"
-
-# True when the page's mesh has `count` peer connections, all connected.
-MESH_CONNECTED = """count => {
-    const mesh = window.callApp.mesh;
-    if (!mesh || mesh.peers.size !== count) return false;
-    return [...mesh.peers.values()].every(peer => peer.pc.connectionState === 'connected');
-}"""
-# True when `count` remote videos play real frames.
-REMOTE_VIDEOS_PLAYING = """count => {
-    const videos = [...document.querySelectorAll('.tile.remote video')];
-    return videos.length === count && videos.every(video => video.videoWidth > 0 && !video.paused);
-}"""
 
 
 class PageErrors(list[str]):
@@ -58,21 +54,13 @@ async def signed_in_page(
     page = await (await browser.new_context(**context)).new_page()
     page.set_default_timeout(STEP_TIMEOUT_MS)
     errors.watch(page, username)
-    await page.goto(f"{server.http}/")
-    await page.get_by_label("Username").fill(username)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page.get_by_role("heading", name="Join a call")).to_be_visible()
+    await sign_in(page, server.http, username)
     return page
 
 
 async def connected_at(page: Page, peers: int) -> float:
     await page.wait_for_function(MESH_CONNECTED, arg=peers, polling=POLL_MS, timeout=STEP_TIMEOUT_MS)
     return time.perf_counter()
-
-
-async def remote_names(page: Page) -> list[str]:
-    return sorted(await page.locator(".tile.remote .name").all_inner_texts())
 
 
 async def test_three_browsers_hold_a_call_and_see_a_leaver_go(browser: Browser, server: Server) -> None:

@@ -28,13 +28,20 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, WebSocket, expect
 
-from tests.e2e.conftest import DEMO_GROUP, DESKTOP, PASSWORD, STEP_TIMEOUT_MS
+from tests.e2e.conftest import (
+    DESKTOP,
+    MESH_CONNECTED,
+    REMOTE_VIDEOS_PLAYING,
+    STEP_TIMEOUT_MS,
+    join_demo_group,
+    mesh_of,
+    sign_in,
+)
 from tests.redis_server import RedisServer
 from tests.servers import Server, prepare_database, server_env, start_daphnes
 
 GRACE_SECS = 20
 SHUTDOWN_TIMEOUT_SECS = 5
-JOIN_BUTTON = "Join with camera and microphone"
 RECONNECTING = "Connection lost; reconnecting…"
 LOG_TIMEOUT_SECS = 10.0
 
@@ -75,17 +82,6 @@ SNAPSHOT = """() => {
     states: Object.fromEntries(peers.map(([socketId, peer]) => [socketId, peer.pc.connectionState])),
     pcLog: window.__pcLog.length,
   };
-}"""
-# True when the page's mesh has `count` peer connections, all connected.
-MESH_CONNECTED = """count => {
-  const mesh = window.callApp.mesh;
-  if (!mesh || mesh.peers.size !== count) return false;
-  return [...mesh.peers.values()].every(peer => peer.pc.connectionState === 'connected');
-}"""
-# True when `count` remote videos play frames, and keep playing (their time moves on).
-REMOTE_VIDEOS_PLAYING = """count => {
-  const videos = [...document.querySelectorAll('.tile.remote video')];
-  return videos.length === count && videos.every(video => video.videoWidth > 0 && !video.paused);
 }"""
 VIDEO_TIME = "() => document.querySelector('.tile.remote video').currentTime"
 SIGNALING_BACK = """() => window.callApp.client.connected
@@ -282,26 +278,32 @@ async def open_call_page(browser: Browser, name: str, proxy: TcpProxy) -> CallPa
     page.set_default_timeout(STEP_TIMEOUT_MS)
     call = CallPage(name, page, proxy)
     call.watch()
-    await page.goto(f"{proxy.http}/")
-    await page.get_by_label("Username").fill(name)
-    await page.get_by_label("Password").fill(PASSWORD)
-    await page.get_by_role("button", name="Sign in").click()
-    await expect(page.get_by_role("heading", name="Join a call")).to_be_visible()
-    await page.get_by_label("Call", exact=True).select_option(label=DEMO_GROUP)
-    await page.get_by_role("button", name=JOIN_BUTTON).click()
-    await expect(page.locator("#call")).to_be_visible()
+    await sign_in(page, proxy.http, name)
+    await join_demo_group(page)
     return call
 
 
-async def call_of_two(browser: Browser, alice_proxy: TcpProxy, bob_proxy: TcpProxy) -> tuple[CallPage, CallPage]:
-    """Alice and bob in the demo group's call, media flowing both ways."""
+async def call_of_two(
+    browser: Browser, proxies: list[TcpProxy], alice_upstreams: list[int], bob_upstreams: list[int]
+) -> tuple[CallPage, CallPage]:
+    """Alice and bob in the demo group's call, each through a proxy of her or his own (to
+    ``alice_upstreams``, ``bob_upstreams``; kept in ``proxies``, and as ``CallPage.proxy``),
+    media flowing both ways."""
+    alice_proxy, bob_proxy = await TcpProxy(alice_upstreams).start(), await TcpProxy(bob_upstreams).start()
+    proxies += [alice_proxy, bob_proxy]
     alice = await open_call_page(browser, "alice", alice_proxy)
     bob = await open_call_page(browser, "bob", bob_proxy)
-    for call in (alice, bob):
+    for call in (alice, bob):  # each one watched as soon as it is in the call
         await call.page.wait_for_function(MESH_CONNECTED, arg=1)
         await call.page.wait_for_function(REMOTE_VIDEOS_PLAYING, arg=1)
         await call.page.evaluate(WATCH_CLIENT)
     return alice, bob
+
+
+async def checkpoint(*calls: CallPage) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """What ``calls`` are before a test's drop: each one's snapshot, and how many frames it
+    has received so far (by name)."""
+    return {call.name: await call.snapshot() for call in calls}, {call.name: len(call.frames) for call in calls}
 
 
 async def log_line(server: Server, pattern: str) -> re.Match[str]:
@@ -348,11 +350,9 @@ async def test_a_websocket_cut_without_a_close_frame_resumes_with_the_same_peer_
     browser: Browser, daphnes: list[Server], proxies: list[TcpProxy]
 ) -> None:
     first, second = daphnes
-    alice_proxy, bob_proxy = await TcpProxy([first.port]).start(), await TcpProxy([second.port]).start()
-    proxies += [alice_proxy, bob_proxy]
-    alice, bob = await call_of_two(browser, alice_proxy, bob_proxy)
-    before = {call.name: await call.snapshot() for call in (alice, bob)}
-    marks = {call.name: len(call.frames) for call in (alice, bob)}
+    alice, bob = await call_of_two(browser, proxies, [first.port], [second.port])
+    alice_proxy = alice.proxy
+    before, marks = await checkpoint(alice, bob)
 
     # Alice's connections are reset, and her reconnection held for a moment.
     alice_proxy.hold()
@@ -377,15 +377,12 @@ async def test_a_server_shutting_down_sends_its_pages_to_another_process_that_re
     browser: Browser, daphnes: list[Server], proxies: list[TcpProxy]
 ) -> None:
     first, second = daphnes
-    alice_proxy, bob_proxy = await TcpProxy([first.port, second.port]).start(), await TcpProxy([second.port]).start()
-    proxies += [alice_proxy, bob_proxy]
-    alice, bob = await call_of_two(browser, alice_proxy, bob_proxy)
-    before = {call.name: await call.snapshot() for call in (alice, bob)}
-    marks = {call.name: len(call.frames) for call in (alice, bob)}
+    alice, bob = await call_of_two(browser, proxies, [first.port, second.port], [second.port])
+    before, marks = await checkpoint(alice, bob)
 
     # A rolling restart: the balancer sends new connections to the second process, then the
     # first gets SIGTERM (it closes its sockets with 1001 and parks its participants).
-    alice_proxy.route = 1
+    alice.proxy.route = 1
     first.process.send_signal(signal.SIGTERM)
     assert await asyncio.to_thread(first.process.wait, SHUTDOWN_TIMEOUT_SECS + 10) == 0
 
@@ -407,11 +404,8 @@ async def test_a_page_reloaded_during_a_call_goes_back_into_it(
     is refused (``resume-failed``), and joins again as a newcomer by itself; the call is whole
     again, with media both ways."""
     first, second = daphnes
-    alice_proxy, bob_proxy = await TcpProxy([first.port]).start(), await TcpProxy([second.port]).start()
-    proxies += [alice_proxy, bob_proxy]
-    alice, bob = await call_of_two(browser, alice_proxy, bob_proxy)
-    before = {call.name: await call.snapshot() for call in (alice, bob)}
-    marks = {call.name: len(call.frames) for call in (alice, bob)}
+    alice, bob = await call_of_two(browser, proxies, [first.port], [second.port])
+    before, marks = await checkpoint(alice, bob)
     sockets = len(alice.sockets)
     socket_id = before["alice"]["socketId"]
 
@@ -422,9 +416,7 @@ async def test_a_page_reloaded_during_a_call_goes_back_into_it(
 
     # The reloaded page goes back into the call by itself, and the call is whole again.
     await expect(alice.page.locator("#call")).to_be_visible()
-    for call in (alice, bob):
-        await call.page.wait_for_function(MESH_CONNECTED, arg=1)
-        await call.page.wait_for_function(REMOTE_VIDEOS_PLAYING, arg=1)
+    await mesh_of([alice.page, bob.page])
     await alice.page.evaluate(WATCH_CLIENT)
     await bob.page.evaluate(WATCH_CLIENT)
     for call in (alice, bob):

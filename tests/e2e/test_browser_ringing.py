@@ -17,26 +17,22 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Locator, Page, expect
 
-from tests.e2e.conftest import DEMO_GROUP, DESKTOP
+from tests.e2e.conftest import (
+    DEMO_GROUP,
+    DESKTOP,
+    JOIN_BUTTON,
+    MESH_CONNECTED,
+    join_demo_group,
+    mesh_of,
+    remote_names,
+)
 from tests.e2e.test_browser_call import PageErrors, signed_in_page
 from tests.servers import Server, demo_server
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
-JOIN_BUTTON = "Join with camera and microphone"
 NAMES = {"alice": "Alice Liddell", "bob": "Bob Builder", "carol": "Carol Danvers"}
 BAN_SECS = 600
 
-# True when the page's mesh has `count` peer connections, all connected.
-MESH_CONNECTED = """count => {
-    const mesh = window.callApp.mesh;
-    if (!mesh || mesh.peers.size !== count) return false;
-    return [...mesh.peers.values()].every(peer => peer.pc.connectionState === 'connected');
-}"""
-# True when `count` remote videos play real frames.
-REMOTE_VIDEOS_PLAYING = """count => {
-    const videos = [...document.querySelectorAll('.tile.remote video')];
-    return videos.length === count && videos.every(video => video.videoWidth > 0 && !video.paused);
-}"""
 # True when the page's signaling connection is up (it is from the lobby on, to hear rings).
 SIGNALING_UP = "() => Boolean(window.callApp.client && window.callApp.client.connected)"
 # Keep what the page's signaling client hears of these events (its connection lasts from the lobby on).
@@ -59,31 +55,14 @@ async def lobby_page(browser: Browser, server: Server, username: str, errors: Pa
     return page
 
 
-async def join_demo_group(page: Page) -> None:
-    await page.get_by_label("Call", exact=True).select_option(label=DEMO_GROUP)
-    await page.get_by_role("button", name=JOIN_BUTTON).click()
-    await expect(page.locator("#call")).to_be_visible()
-
-
 async def in_call(browser: Browser, server: Server, username: str, errors: PageErrors, **context: Any) -> Page:
     page = await lobby_page(browser, server, username, errors, **context)
     await join_demo_group(page)
     return page
 
 
-async def mesh_of(pages: list[Page]) -> None:
-    """Every page connected to every other one, their videos playing."""
-    for page in pages:
-        await page.wait_for_function(MESH_CONNECTED, arg=len(pages) - 1)
-        await page.wait_for_function(REMOTE_VIDEOS_PLAYING, arg=len(pages) - 1)
-
-
 async def heard(page: Page, event: str) -> list[dict[str, Any]]:
     return [item["data"] for item in await page.evaluate("() => window.__heard") if item["event"] == event]
-
-
-async def remote_names(page: Page) -> list[str]:
-    return sorted(await page.locator(".tile.remote .name").all_inner_texts())
 
 
 def instant(iso: str) -> datetime:
