@@ -6,12 +6,16 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from calls import process
 from calls.history import RelayCounts
-from calls.presence.base import Participant, RoomSession
-from calls.protocol import Media, ParticipantData, utc_now_iso
+from calls.presence.base import Member, Participant, RoomSession
+from calls.protocol import ErrorCode, Media, ParticipantData, SignalingError, utc_now_iso
 
 if TYPE_CHECKING:
     from calls.delivery import Mailbox
+
+
+NOT_IN_ROOM = "You are not in that call."
 
 
 def new_socket_id() -> str:
@@ -95,3 +99,17 @@ def participant_data(participant: Participant) -> ParticipantData:
         joinedAt=participant.joined_at,
         media=Media(audio=participant.audio, video=bool(participant.video), screen=participant.screen),
     )
+
+
+async def own_room(caller: Caller, room_id: str) -> tuple[RoomSession, tuple[Member, ...], Participant]:
+    """The caller's room named by ``room_id`` as presence has it now: its session, its
+    members and the caller's participant; ``not-in-room`` if the caller is not in it."""
+    presence = process.current().presence
+    if caller.room_id != room_id or caller.room_key is None:
+        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    session = await presence.session(room_key=caller.room_key)
+    members = await presence.members(room_key=caller.room_key)
+    me = next((m.participant for m in members if m.participant.socket_id == caller.socket_id), None)
+    if session is None or me is None:
+        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    return session, members, me

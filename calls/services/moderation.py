@@ -32,8 +32,8 @@ from calls.protocol import (
     iso_utc,
 )
 from calls.services import ringing
-from calls.services.caller import Caller, participant_data
-from calls.services.rooms import MODERATOR_ROLES, NOT_IN_ROOM, announce_departure, persist
+from calls.services.caller import NOT_IN_ROOM, Caller, own_room, participant_data
+from calls.services.rooms import MODERATOR_ROLES, announce_departure, persist
 from groups.models import Membership
 
 logger = logging.getLogger("calls")
@@ -57,14 +57,7 @@ def _moderates(user_id: str, session: RoomSession) -> bool:
 async def _as_moderator(caller: Caller, room_id: str) -> tuple[RoomSession, tuple[Member, ...], Participant]:
     """The caller's room, its members and the caller's participant, if the caller is in
     it and moderates it; else the error."""
-    presence = process.current().presence
-    if caller.room_id != room_id or caller.room_key is None:
-        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
-    session = await presence.session(room_key=caller.room_key)
-    members = await presence.members(room_key=caller.room_key)
-    me = next((m.participant for m in members if m.participant.socket_id == caller.socket_id), None)
-    if session is None or me is None:
-        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
+    session, members, me = await own_room(caller, room_id)
     if not (caller.is_staff or await in_lookup_thread(_moderates)(caller.user_id, session)):
         raise SignalingError(ErrorCode.FORBIDDEN, NOT_MODERATOR)
     return session, members, me

@@ -32,12 +32,11 @@ from calls.protocol import (
     SignalingError,
     iso_utc,
 )
-from calls.services.caller import Caller, participant_data
+from calls.services.caller import Caller, own_room, participant_data
 from groups.selectors import member_ids_of_group
 
 logger = logging.getLogger("calls")
 
-NOT_IN_ROOM = "You are not in that call."
 NO_GROUP = "Only a group's call can ring: this call has no group."
 NOT_MEMBERS = "Only members of the call's group can be rung."
 RING_NOT_FOUND = "There is no such ring for you: it is unknown, over, or not yours."
@@ -46,27 +45,21 @@ REPLIES = {"accept": RingOutcome.ACCEPTED, "decline": RingOutcome.DECLINED}
 
 async def ring(caller: Caller, request: Ring) -> RingStarted:
     """Ring the group's members who are not in the call (or ``userIds`` of them)."""
-    if caller.room_id != request.callRoomId or caller.room_key is None or caller.session_id is None:
-        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
-    if caller.group_id is None:
+    session, in_room, me = await own_room(caller, request.callRoomId)
+    if session.group_id is None:
         raise SignalingError(ErrorCode.FORBIDDEN, NO_GROUP)
-    members = await in_lookup_thread(member_ids_of_group)(group_id=int(caller.group_id))
+    members = await in_lookup_thread(member_ids_of_group)(group_id=int(session.group_id))
     wanted = list(dict.fromkeys(request.userIds)) if request.userIds is not None else sorted(members, key=int)
     if not set(wanted) <= members:
         raise SignalingError(ErrorCode.FORBIDDEN, NOT_MEMBERS, details={"userIds": sorted(set(wanted) - members)})
     presence = process.current().presence
-    in_room = await presence.members(room_key=caller.room_key)
-    me = next((m.participant for m in in_room if m.participant.socket_id == caller.socket_id), None)
-    session = await presence.session(room_key=caller.room_key)
-    if me is None or session is None:
-        raise SignalingError(ErrorCode.NOT_IN_ROOM, NOT_IN_ROOM)
     present = {m.participant.user_id for m in in_room} | {caller.user_id}
     expires_ms = int((time.time() + settings.CALLS_RING_TIMEOUT_SECS) * 1000)
     record = RingRecord(
         secrets.token_urlsafe(12),
-        caller.room_key,
-        caller.room_id,
-        caller.group_id,
+        session.key,
+        session.room_id,
+        session.group_id,
         str(session.metadata.get("callType", "video")),
         session.session_id,
         me,

@@ -32,7 +32,7 @@ from calls.protocol import (
     iso_utc,
 )
 from calls.services import ringing
-from calls.services.caller import Caller, participant_data
+from calls.services.caller import NOT_IN_ROOM, Caller, participant_data
 from groups.models import Membership
 from groups.selectors import group_roles_of_user
 
@@ -42,9 +42,6 @@ FORBIDDEN_GROUP = "You are not a member of the group this call belongs to."
 
 
 ROOM_FULL = "This call is full."
-
-
-NOT_IN_ROOM = "You are not in that call."
 
 
 JOINS_RATE_LIMITED = "Too many joins; wait a moment before joining again."

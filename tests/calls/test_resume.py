@@ -224,3 +224,21 @@ async def test_a_resumed_participant_is_one_participation_with_a_resume_count(
         CallParticipant.objects.filter(socket_id=a.socket_id).values_list("resumes", "left_at")
     )
     assert rows == [(1, None)]
+
+
+async def test_a_resumed_connection_takes_its_predecessors_place_in_the_connection_limit(
+    connect: ConnectFactory, alice: User
+) -> None:
+    # docs/protocol.md §2: CALLS_MAX_CONNECTIONS_PER_USER counts a resumed connection once.
+    with override_settings(CALLS_MAX_CONNECTIONS_PER_USER=2):
+        first = await connect(alice)
+        await connect(alice)
+        await first.drop()  # parked: still holds its place among alice's connections
+        again, connected = await resume_as(connect, alice, first.resume_token)
+        assert connected["socketId"] == first.socket_id
+        await again.expect("webrtc:resumed")
+        third = await connect(alice, expect_connected=False)
+        await third.expect_close(4409)  # two connections still, the resumed one among them
+        await again.close()  # the resumed one gone: its place (the predecessor's) is free
+        fourth = await connect(alice)
+        await fourth.round_trip()

@@ -16,27 +16,14 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, Request, expect
 
-from tests.e2e.conftest import DEMO_GROUP, DESKTOP
+from tests.e2e.conftest import DEMO_GROUP, DESKTOP, JOIN_BUTTON, MESH_CONNECTED, REMOTE_VIDEOS_PLAYING
 from tests.e2e.test_browser_call import PageErrors, signed_in_page
 from tests.servers import Server, demo_server
 
 PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True}
-JOIN_BUTTON = "Join with camera and microphone"
 NAMES = {"alice": "Alice Liddell", "bob": "Bob Builder", "carol": "Carol Danvers"}
 EMPTY_TEXT = "No calls are live in your groups right now."
 LIVE_API = "/api/calls/live/"
-
-# True when the page's mesh has `count` peer connections, all connected.
-MESH_CONNECTED = """count => {
-    const mesh = window.callApp.mesh;
-    if (!mesh || mesh.peers.size !== count) return false;
-    return [...mesh.peers.values()].every(peer => peer.pc.connectionState === 'connected');
-}"""
-# True when `count` remote videos play real frames.
-REMOTE_VIDEOS_PLAYING = """count => {
-    const videos = [...document.querySelectorAll('.tile.remote video')];
-    return videos.length === count && videos.every(video => video.videoWidth > 0 && !video.paused);
-}"""
 
 
 @pytest.fixture(scope="module")
