@@ -1,7 +1,8 @@
 from django.urls import path
 from rest_framework_simplejwt.views import TokenRefreshView
 
-from accounts.views import MeView, ThrottledTokenObtainPairView, WsTicketView
+from accounts.views import MeView, ThrottledTokenObtainPairView
+from calls.api import WsTicketView
 
 urlpatterns = [
     path("token/", ThrottledTokenObtainPairView.as_view(), name="token-obtain"),

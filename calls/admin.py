@@ -6,13 +6,18 @@ import datetime as dt
 from typing import Any
 
 from django.contrib import admin
+from django.contrib.auth import get_user_model
 from django.db.models import Count, Prefetch, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
+from calls import host
 from calls.models import CallParticipant, CallRing, CallRoom, ModerationAction
+
+# The host's user model names its login field (docs/integration.md).
+USERNAME = get_user_model().USERNAME_FIELD
 
 
 def _format_duration(value: dt.timedelta | None) -> str:
@@ -120,7 +125,7 @@ class CallRoomAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "participants__leave_reason",
         "rings__outcome",
     )
-    search_fields = ("room_id", "participants__user__username", "created_by__username")
+    search_fields = ("room_id", f"participants__user__{USERNAME}", f"created_by__{USERNAME}")
     date_hierarchy = "started_at"
     list_select_related = ("group", "created_by")
     inlines = (CallParticipantInline, CallRingInline, ModerationActionInline)
@@ -161,9 +166,9 @@ class CallRoomAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     def length(self, obj: CallRoom) -> str:
         return _format_duration(obj.duration)
 
-    @admin.display(description="group", ordering="group__name")
+    @admin.display(description="group", ordering="group")
     def group_name(self, obj: CallRoom) -> str:
-        return obj.group.name if obj.group else "—"
+        return host.group_name(obj.group) if obj.group else "—"
 
     @admin.display(description="started (UTC)", ordering="started_at")
     def started(self, obj: CallRoom) -> str:
@@ -196,7 +201,7 @@ class CallRingAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     list_display = ("callee", "ringer", "session", "status", "started", "ended")
     list_filter = (OutcomeFilter, "started_at")
-    search_fields = ("ring_id", "callee__username", "ringer__username", "call__room_id")
+    search_fields = ("ring_id", f"callee__{USERNAME}", f"ringer__{USERNAME}", "call__room_id")
     date_hierarchy = "started_at"
     list_select_related = ("call", "callee", "ringer")
     readonly_fields = ("call", "ring_id", "ringer", "callee", "started_at", "expires_at", "ended_at", "outcome")
@@ -224,7 +229,7 @@ class ModerationActionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
     list_display = ("when", "action", "actor", "target_user", "session", "banned_until")
     list_filter = ("action", "at")
-    search_fields = ("actor__username", "target_user__username", "target_socket_id", "call__room_id")
+    search_fields = (f"actor__{USERNAME}", f"target_user__{USERNAME}", "target_socket_id", "call__room_id")
     date_hierarchy = "at"
     list_select_related = ("call", "actor", "target_user")
     readonly_fields = ("call", "actor", "action", "target_user", "target_socket_id", "banned_until", "at")
@@ -239,4 +244,4 @@ class ModerationActionAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
 
 
 def _person(participant: CallParticipant) -> str:
-    return participant.user.shown_name if participant.user else "(deleted user)"
+    return host.display_name(participant.user) if participant.user else "(deleted user)"

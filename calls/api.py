@@ -17,21 +17,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import async_to_sync
+from django.conf import settings
 from django.db.models import Prefetch, Q, QuerySet
 from django.urls import reverse
 from django.utils.dateparse import parse_date, parse_datetime
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import generics, serializers
-from rest_framework.exceptions import APIException
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.exceptions import APIException, PermissionDenied
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
+from rest_framework_simplejwt.tokens import Token
 
-from calls import process
+from calls import host, process
+from calls.auth.tickets import Ticket, get_ticket_store
+from calls.auth.websocket import session_expires_at
 from calls.models import CallParticipant, CallRing, CallRoom
 from calls.presence.base import PresenceUnavailable, room_key
-from groups.models import Membership
 
 HISTORY_PAGE_SIZE = 20
 
@@ -84,12 +88,22 @@ class DetailSerializer(serializers.Serializer):
     detail = serializers.CharField()
 
 
+class DisplayNameField(serializers.CharField):
+    """A user's name as other participants see it (``CALLS_DISPLAY_NAME``)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(source="*", read_only=True, **kwargs)
+
+    def to_representation(self, value: Any) -> str:
+        return host.display_name(value)
+
+
 class UserRefSerializer(serializers.Serializer):
     """A user: ``userId`` is the signaling ``userId``."""
 
     userId = serializers.CharField(source="pk")
-    username = serializers.CharField()
-    displayName = serializers.CharField(source="shown_name")
+    username = serializers.CharField(source="get_username")
+    displayName = DisplayNameField()
 
 
 class MediaSerializer(serializers.Serializer):
@@ -230,9 +244,9 @@ def _parse_bound(value: str, *, end_of_day: bool) -> dt.datetime:
 # ---------------------------------------------------------------------------
 
 
-def visible_calls(*, user_id: int) -> QuerySet[CallRoom]:
+def visible_calls(*, user_id: str) -> QuerySet[CallRoom]:
     """The sessions a user may see: those of its groups, and those it took part in."""
-    groups = Membership.objects.filter(user_id=user_id).values("group_id")
+    groups = host.group_ids_of_user(user_id)
     took_part = CallParticipant.objects.filter(user_id=user_id).values("call_id")
     return CallRoom.objects.filter(Q(group_id__in=groups) | Q(pk__in=took_part))
 
@@ -244,10 +258,10 @@ class _OpenSession:
     group_id: str | None
 
 
-def _open_sessions_for(*, user_id: int) -> list[_OpenSession]:
+def _open_sessions_for(*, user_id: str) -> list[_OpenSession]:
     """The sessions the database shows open that the user might see live: its groups',
     and ungrouped ones it created or joined (presence then says whether it is in them)."""
-    groups = Membership.objects.filter(user_id=user_id).values("group_id")
+    groups = host.group_ids_of_user(user_id)
     joined = CallParticipant.objects.filter(user_id=user_id).values("call_id")
     rows = (
         CallRoom.objects.filter(ended_at__isnull=True)
@@ -293,10 +307,10 @@ class PresenceUnavailableError(APIException):
     default_code = "presence-unavailable"
 
 
-def _user_id(request: Request) -> int:
+def _user_id(request: Request) -> str:
     """The authenticated caller's primary key (the views require authentication)."""
     assert request.user.pk is not None
-    return int(request.user.pk)
+    return str(request.user.pk)
 
 
 UNAUTHENTICATED = OpenApiResponse(DetailSerializer, description="No credential, or an invalid or expired one")
@@ -323,7 +337,7 @@ class LiveCallsView(APIView):
     def get(self, request: Request) -> Response:
         user_id = _user_id(request)
         try:
-            rooms = async_to_sync(_live_rooms)(_open_sessions_for(user_id=user_id), user_id=str(user_id))
+            rooms = async_to_sync(_live_rooms)(_open_sessions_for(user_id=user_id), user_id=user_id)
         except PresenceUnavailable:
             raise PresenceUnavailableError from None
         return Response(LiveCallSerializer(rooms, many=True).data)
@@ -459,3 +473,48 @@ def document_plain_views(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
     )
     result["paths"] = dict(sorted(paths.items()))
     return result
+
+
+# ---------------------------------------------------------------------------
+# Websocket tickets
+# ---------------------------------------------------------------------------
+
+
+class WsTicketSerializer(serializers.Serializer):
+    """A websocket ticket: connect with ``/ws/calls/?ticket=TICKET`` within ``expiresIn``."""
+
+    ticket = serializers.CharField()
+    expiresIn = serializers.IntegerField(help_text="Seconds within which the ticket must be used")
+
+
+class WsTicketView(APIView):
+    """``POST /api/auth/ws-ticket/``: a single-use websocket ticket (docs/protocol.md §2) for
+    the caller, carrying the expiry of the credential this request presented."""
+
+    @extend_schema(
+        operation_id="auth_ws_ticket",
+        description="A single-use websocket ticket (docs/protocol.md §2) for the caller: connect with "
+        "`/ws/calls/?ticket=TICKET` within `expiresIn` seconds. The connection's authentication lasts as long "
+        "as the credential this request presented.",
+        request=None,
+        responses={
+            200: WsTicketSerializer,
+            401: OpenApiResponse(description="No credential, or an invalid one"),
+            403: OpenApiResponse(description="A session request without its CSRF token"),
+        },
+    )
+    def post(self, request: Request) -> Response:
+        ttl = settings.CALLS_WS_TICKET_TTL_SECS
+        ticket = get_ticket_store().issue(Ticket(str(request.user.pk), credential_expires_at(request)), ttl)
+        return Response({"ticket": ticket, "expiresIn": ttl}, headers={"Cache-Control": "no-store"})
+
+
+def credential_expires_at(request: Request) -> float | None:
+    """When the credential of an authenticated request expires, as a Unix time: an access
+    token's ``exp``, or the session's expiry."""
+    if isinstance(request.auth, Token):
+        expires_at = request.auth.get("exp")
+        return float(expires_at) if expires_at is not None else None
+    if isinstance(request.successful_authenticator, SessionAuthentication):
+        return session_expires_at(request.session)
+    raise PermissionDenied("Websocket tickets are issued for an access token or a session only.")

@@ -16,8 +16,8 @@ from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from accounts.websocket import AUTH_EXPIRES_AT, AUTH_THROTTLED
 from calls import delivery, process, protocol
+from calls.auth.websocket import AUTH_EXPIRES_AT, AUTH_THROTTLED
 from calls.protocol import NATIVE, CloseCode
 from calls.session import SignalingSession, open_session, refusal
 

@@ -21,10 +21,8 @@ from collections.abc import Collection, Iterable
 
 from django.contrib.auth import get_user_model
 
-from accounts.websocket import in_lookup_thread
-from calls import delivery, services
+from calls import delivery, host, services
 from calls.protocol import CloseCode
-from groups.selectors import memberships_among
 
 logger = logging.getLogger("calls")
 
@@ -41,11 +39,11 @@ def _still_valid(
     user_ids: Collection[str], in_groups: Collection[tuple[str, str]]
 ) -> tuple[set[str], set[tuple[str, str]]]:
     """Of these users, the active ones; of these (user, group) pairs, the memberships."""
-    users = get_user_model().objects
+    users = get_user_model()._default_manager
     active: set[str] = set()
     for chunk in _chunks(sorted(user_ids)):
         active |= {str(pk) for pk in users.filter(pk__in=chunk, is_active=True).values_list("pk", flat=True)}
-    return active, memberships_among(in_groups) if in_groups else set()
+    return active, set(host.roles_among(in_groups))
 
 
 async def sweep(now: float | None = None) -> None:
@@ -54,7 +52,7 @@ async def sweep(now: float | None = None) -> None:
     if not callers:
         return
     in_groups = {(c.user_id, c.group_id) for c in callers if c.group_id is not None}
-    active, memberships = await in_lookup_thread(_still_valid)({c.user_id for c in callers}, in_groups)
+    active, memberships = await host.in_lookup_thread(_still_valid)({c.user_id for c in callers}, in_groups)
     now = time.time() if now is None else now
     revoked = []
     for caller in callers:

@@ -9,6 +9,8 @@ from django.db import models
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 
+from calls.host import group_model_label
+
 
 class CallRoom(models.Model):
     """One session of a call room: from its first join until its last participant left."""
@@ -20,8 +22,10 @@ class CallRoom(models.Model):
     session_id = models.CharField(max_length=32, unique=True, editable=False)
     room_id = models.CharField(max_length=128, db_index=True)
     call_type = models.CharField(max_length=8, choices=CallType.choices)
+    # The host's chat group model (calls/host.py); its primary key must be an integer,
+    # as the protocol's groupId is (docs/protocol.md §4).
     group = models.ForeignKey(
-        "chatgroups.Group", null=True, blank=True, on_delete=models.SET_NULL, related_name="call_rooms"
+        group_model_label(), null=True, blank=True, on_delete=models.SET_NULL, related_name="call_rooms"
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="created_calls"

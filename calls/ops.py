@@ -14,7 +14,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from accounts.throttle import forwarded_client_address
+from calls.auth.throttle import forwarded_client_address
 from calls.presence import get_presence
 
 logger = logging.getLogger("calls")

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.utils.module_loading import import_string
 
 if TYPE_CHECKING:
-    from accounts.throttle import SlidingWindows
+    from calls.auth.throttle import SlidingWindows
     from calls.delivery import Mailbox
     from calls.history import HistoryWriter
     from calls.presence.base import Presence
@@ -62,7 +62,7 @@ class ProcessState:
     def join_windows(self) -> SlidingWindows:
         """Joins per user in the last minute: in Redis with REDIS_URL, else in memory."""
         if self._join_windows is None:
-            from accounts.throttle import sliding_windows
+            from calls.auth.throttle import sliding_windows
 
             self._join_windows = sliding_windows("joins", JOIN_WINDOW_SECS)
         return self._join_windows

@@ -17,7 +17,7 @@ from typing import Any
 
 from django.conf import settings
 
-from calls import delivery, metrics, protocol, services
+from calls import delivery, host, metrics, protocol, services
 from calls.limits import FrameLimiter, Verdict
 from calls.protocol import CloseCode, ErrorCode, Outgoing, ParsedRequest, SignalingError
 
@@ -54,9 +54,9 @@ async def open_session(
     opened = await services.connection_opened(
         mailbox,
         user_id=str(user.pk),
-        username=user.username,
-        display_name=user.shown_name,
-        is_staff=bool(user.is_staff),
+        username=user.get_username(),
+        display_name=host.display_name(user),
+        is_staff=host.is_staff(user),
         auth_expires_at=auth_expires_at,
         resume_token=resume_token,
     )

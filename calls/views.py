@@ -11,8 +11,8 @@ from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET
 from django.views.generic import TemplateView
 
-from accounts.websocket import OriginCheck
 from calls.asyncapi import document_json
+from calls.auth.websocket import OriginCheck
 
 
 class CallPageView(TemplateView):

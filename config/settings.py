@@ -3,7 +3,6 @@ and only here (see the configuration table in README.md)."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import warnings
 from datetime import timedelta
@@ -14,7 +13,7 @@ from urllib.parse import SplitResult, urlsplit
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from config.env import env_bool, env_int, env_json, env_list, env_str
+from calls.conf import env_bool, env_int, env_list, env_str, from_environment
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -228,63 +227,34 @@ else:
     # One process: frames never leave it (calls/delivery.py), the layer is only checked by /readyz.
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-# Signaling settings: names and defaults are those of docs/protocol.md §7.
-CALLS_MAX_PARTICIPANTS = env_int("CALLS_MAX_PARTICIPANTS", 16, minimum=1)
-CALLS_MAX_MESSAGE_BYTES = env_int("CALLS_MAX_MESSAGE_BYTES", 65536, minimum=1024)
-CALLS_RATE_LIMIT = env_int("CALLS_RATE_LIMIT", 100, minimum=1)
-CALLS_RATE_BURST = env_int("CALLS_RATE_BURST", 500, minimum=1)
-CALLS_AUTH_FAILURES_PER_MINUTE = env_int("CALLS_AUTH_FAILURES_PER_MINUTE", 30, minimum=1)
-# Failed logins at /api/auth/token/ within ten minutes (accounts/throttle.py says why), then 429.
-CALLS_LOGIN_FAILURES_PER_ADDRESS = env_int("CALLS_LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
-CALLS_LOGIN_FAILURES_PER_USERNAME = env_int("CALLS_LOGIN_FAILURES_PER_USERNAME", 10, minimum=1)
-CALLS_WS_TICKET_TTL_SECS = env_int("CALLS_WS_TICKET_TTL_SECS", 30, minimum=1)
-CALLS_PRESENCE_TTL_SECS = env_int("CALLS_PRESENCE_TTL_SECS", 30, minimum=3)
-CALLS_RESUME_GRACE_SECS = env_int("CALLS_RESUME_GRACE_SECS", 20, minimum=0)
-CALLS_RESUME_BUFFER = env_int("CALLS_RESUME_BUFFER", 256, minimum=0)
-CALLS_RING_TIMEOUT_SECS = env_int("CALLS_RING_TIMEOUT_SECS", 30, minimum=1)
-CALLS_MAX_CONNECTIONS_PER_USER = env_int("CALLS_MAX_CONNECTIONS_PER_USER", 10, minimum=1)
-CALLS_JOINS_PER_MINUTE = env_int("CALLS_JOINS_PER_MINUTE", 30, minimum=1)
-# Call-history writes waiting for the database, per process; past it, joins are refused
-# with rate-limited until the writer catches up (each queued write is a few hundred bytes).
-CALLS_HISTORY_QUEUE_LIMIT = env_int("CALLS_HISTORY_QUEUE_LIMIT", 10_000, minimum=10)
-CALLS_ICE_SERVERS = env_json("CALLS_ICE_SERVERS", [], expect=list)
-CALLS_TURN_URLS = env_list("CALLS_TURN_URLS")
-CALLS_TURN_SECRET = env_str("CALLS_TURN_SECRET") or None
-CALLS_TURN_TTL_SECS = env_int("CALLS_TURN_TTL_SECS", 86400, minimum=60)
-CALLS_TRUSTED_PROXIES = env_list("CALLS_TRUSTED_PROXIES")  # proxies whose X-Forwarded-For counts
-CALLS_SHUTDOWN_TIMEOUT_SECS = env_int("CALLS_SHUTDOWN_TIMEOUT_SECS", 10, minimum=1)
-# The Socket.IO endpoint's Engine.IO heartbeat (calls/socketio/): the server pings every
-# interval and closes a client that has not answered within the timeout (Socket.IO's defaults).
-CALLS_SOCKETIO_PING_INTERVAL_SECS = env_int("CALLS_SOCKETIO_PING_INTERVAL_SECS", 25, minimum=1)
-CALLS_SOCKETIO_PING_TIMEOUT_SECS = env_int("CALLS_SOCKETIO_PING_TIMEOUT_SECS", 20, minimum=1)
-# /metrics is for these addresses, or for anyone presenting CALLS_METRICS_TOKEN as a bearer token.
-CALLS_METRICS_ALLOWED_IPS = env_list("CALLS_METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"])
-CALLS_METRICS_TOKEN = env_str("CALLS_METRICS_TOKEN") or None
-# Where live room membership is kept (calls/presence/): this process's memory by default,
-# Redis (shared by every process) when REDIS_URL is set.
-CALLS_PRESENCE_BACKEND = env_str("CALLS_PRESENCE_BACKEND") or (
-    "calls.presence.redis.RedisPresence" if REDIS_URL else "calls.presence.memory.InMemoryPresence"
-)
-
-for _server in CALLS_ICE_SERVERS:
-    if not isinstance(_server, dict) or not isinstance(_server.get("urls"), (str, list)):
-        raise ImproperlyConfigured(
-            'CALLS_ICE_SERVERS must be a list of RTCIceServer objects, each with "urls" (a string or a list).'
-        )
-for _network in CALLS_METRICS_ALLOWED_IPS:
-    try:
-        ipaddress.ip_network(_network, strict=False)
-    except ValueError:
-        raise ImproperlyConfigured(
-            f"{_network!r} in CALLS_METRICS_ALLOWED_IPS is not an IP address or network."
-        ) from None
-for _proxy in CALLS_TRUSTED_PROXIES:  # matched address by address, so networks are refused
-    try:
-        ipaddress.ip_address(_proxy)
-    except ValueError:
-        raise ImproperlyConfigured(f"{_proxy!r} in CALLS_TRUSTED_PROXIES is not an IP address.") from None
-if CALLS_TURN_URLS and not CALLS_TURN_SECRET:
-    raise ImproperlyConfigured("CALLS_TURN_URLS is set without CALLS_TURN_SECRET: set the coturn static-auth-secret.")
+# Signaling settings (calls/conf.py reads each from its environment variable, with its
+# default and checks; docs/protocol.md §7 and the README's configuration table).
+CALLS_MAX_PARTICIPANTS = from_environment("CALLS_MAX_PARTICIPANTS")
+CALLS_MAX_MESSAGE_BYTES = from_environment("CALLS_MAX_MESSAGE_BYTES")
+CALLS_RATE_LIMIT = from_environment("CALLS_RATE_LIMIT")
+CALLS_RATE_BURST = from_environment("CALLS_RATE_BURST")
+CALLS_AUTH_FAILURES_PER_MINUTE = from_environment("CALLS_AUTH_FAILURES_PER_MINUTE")
+CALLS_LOGIN_FAILURES_PER_ADDRESS = from_environment("CALLS_LOGIN_FAILURES_PER_ADDRESS")
+CALLS_LOGIN_FAILURES_PER_USERNAME = from_environment("CALLS_LOGIN_FAILURES_PER_USERNAME")
+CALLS_WS_TICKET_TTL_SECS = from_environment("CALLS_WS_TICKET_TTL_SECS")
+CALLS_PRESENCE_TTL_SECS = from_environment("CALLS_PRESENCE_TTL_SECS")
+CALLS_RESUME_GRACE_SECS = from_environment("CALLS_RESUME_GRACE_SECS")
+CALLS_RESUME_BUFFER = from_environment("CALLS_RESUME_BUFFER")
+CALLS_RING_TIMEOUT_SECS = from_environment("CALLS_RING_TIMEOUT_SECS")
+CALLS_MAX_CONNECTIONS_PER_USER = from_environment("CALLS_MAX_CONNECTIONS_PER_USER")
+CALLS_JOINS_PER_MINUTE = from_environment("CALLS_JOINS_PER_MINUTE")
+CALLS_HISTORY_QUEUE_LIMIT = from_environment("CALLS_HISTORY_QUEUE_LIMIT")
+CALLS_ICE_SERVERS = from_environment("CALLS_ICE_SERVERS")
+CALLS_TURN_URLS = from_environment("CALLS_TURN_URLS")
+CALLS_TURN_SECRET = from_environment("CALLS_TURN_SECRET")
+CALLS_TURN_TTL_SECS = from_environment("CALLS_TURN_TTL_SECS")
+CALLS_TRUSTED_PROXIES = from_environment("CALLS_TRUSTED_PROXIES")
+CALLS_SHUTDOWN_TIMEOUT_SECS = from_environment("CALLS_SHUTDOWN_TIMEOUT_SECS")
+CALLS_SOCKETIO_PING_INTERVAL_SECS = from_environment("CALLS_SOCKETIO_PING_INTERVAL_SECS")
+CALLS_SOCKETIO_PING_TIMEOUT_SECS = from_environment("CALLS_SOCKETIO_PING_TIMEOUT_SECS")
+CALLS_METRICS_ALLOWED_IPS = from_environment("CALLS_METRICS_ALLOWED_IPS")
+CALLS_METRICS_TOKEN = from_environment("CALLS_METRICS_TOKEN")
+CALLS_PRESENCE_BACKEND = from_environment("CALLS_PRESENCE_BACKEND")
 
 LOG_LEVEL = (env_str("LOG_LEVEL") or "INFO").upper()
 LOGGING = {
@@ -293,5 +263,5 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {"calls": {"level": LOG_LEVEL}, "accounts": {"level": LOG_LEVEL}},
+    "loggers": {"calls": {"level": LOG_LEVEL}},
 }

@@ -1,4 +1,6 @@
-"""Read-only questions about chat groups."""
+"""Read-only questions about chat groups. The calls app asks its own through
+``group_ids_of_user``, ``roles_among``, ``member_ids_of_group`` and ``group_name``: the
+defaults of its host settings (calls/host.py)."""
 
 from __future__ import annotations
 
@@ -14,18 +16,27 @@ def group_is_member(*, user_id: int, group_id: int) -> bool:
     return Membership.objects.filter(user_id=user_id, group_id=group_id).exists()
 
 
-def group_ids_of_user(*, user_id: int) -> frozenset[str]:
+def group_ids_of_user(user_id: int | str) -> frozenset[str]:
     """The primary keys, as strings, of every group the user belongs to."""
     return frozenset(str(pk) for pk in Membership.objects.filter(user_id=user_id).values_list("group_id", flat=True))
 
 
-def group_roles_of_user(*, user_id: int) -> dict[str, str]:
-    """The user's role in each of its groups, by the group's primary key as a string."""
-    rows = Membership.objects.filter(user_id=user_id).values_list("group_id", "role")
-    return {str(group_id): role for group_id, role in rows}
+def roles_among(pairs: Collection[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The role of each of these ``(user_id, group_id)`` pairs that is a membership, in one
+    query (CALLS_GROUP_ROLES)."""
+    users = {user for user, _ in pairs}
+    groups = {group for _, group in pairs}
+    rows = Membership.objects.filter(user_id__in=users, group_id__in=groups).values_list("user_id", "group_id", "role")
+    wanted = set(pairs)
+    return {(str(u), str(g)): role for u, g, role in rows if (str(u), str(g)) in wanted}
 
 
-def member_ids_of_group(*, group_id: int) -> set[str]:
+def group_name(group: Group) -> str:
+    """CALLS_GROUP_NAME."""
+    return group.name
+
+
+def member_ids_of_group(group_id: int | str) -> set[str]:
     """The primary keys, as strings, of the group's members."""
     return {str(pk) for pk in Membership.objects.filter(group_id=group_id).values_list("user_id", flat=True)}
 
@@ -40,12 +51,3 @@ def group_for_member(*, user_id: int, group_id: int) -> Group | None:
     if not group_is_member(user_id=user_id, group_id=group_id):
         return None
     return Group.objects.prefetch_related("memberships__user").get(pk=group_id)
-
-
-def memberships_among(pairs: Collection[tuple[str, str]]) -> set[tuple[str, str]]:
-    """Which of these ``(user_id, group_id)`` pairs (primary keys as strings) are
-    memberships, in one query."""
-    users = {user for user, _ in pairs}
-    groups = {group for _, group in pairs}
-    rows = Membership.objects.filter(user_id__in=users, group_id__in=groups).values_list("user_id", "group_id")
-    return {(str(user), str(group)) for user, group in rows} & set(pairs)

@@ -15,8 +15,8 @@ from django.db import connection
 from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import User
-from accounts.throttle import reset_throttle
 from calls import process
+from calls.auth.throttle import reset_throttle
 from groups.models import Group, Membership
 from tests.frame_schema import check_frame
 from tests.postgres_server import PostgresServer

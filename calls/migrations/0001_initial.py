@@ -2,6 +2,8 @@
 
 import django.db.models.deletion
 from django.conf import settings
+
+from calls.host import group_model_label
 from django.db import migrations, models
 
 
@@ -10,7 +12,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('chatgroups', '0001_initial'),
+        migrations.swappable_dependency(group_model_label()),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
@@ -30,7 +32,7 @@ class Migration(migrations.Migration):
                 ('answers_relayed', models.PositiveBigIntegerField(default=0)),
                 ('candidates_relayed', models.PositiveBigIntegerField(default=0)),
                 ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='created_calls', to=settings.AUTH_USER_MODEL)),
-                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='call_rooms', to='chatgroups.group')),
+                ('group', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='call_rooms', to=group_model_label())),
             ],
             options={
                 'ordering': ('-started_at',),

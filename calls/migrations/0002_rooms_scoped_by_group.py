@@ -9,7 +9,6 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('calls', '0001_initial'),
-        ('chatgroups', '0002_chat_group_names'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

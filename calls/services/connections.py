@@ -8,8 +8,7 @@ import logging
 
 from django.conf import settings
 
-from accounts.websocket import in_lookup_thread, user_and_expiry_from_token
-from calls import delivery, history, metrics, process
+from calls import delivery, history, host, metrics, process
 from calls.history import RelayCounts, record_leave
 from calls.presence.base import Departure, PresenceUnavailable
 from calls.protocol import (
@@ -122,7 +121,7 @@ def open_connections() -> list[Caller]:
 async def refresh_auth(caller: Caller, request: RefreshAuth) -> None:
     """A fresh access token of the same user extends the connection's authentication
     (docs/protocol.md §2); anything else is ``forbidden`` and changes nothing."""
-    user, expires_at = await in_lookup_thread(user_and_expiry_from_token)(request.token)
+    user, expires_at = await host.in_lookup_thread(host.user_and_expiry_from_token)(request.token)
     if user is None or str(user.pk) != caller.user_id:
         raise SignalingError(ErrorCode.FORBIDDEN, REFRESH_REFUSED)
     caller.auth_expires_at = expires_at

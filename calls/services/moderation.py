@@ -13,8 +13,7 @@ import time
 from django.contrib.auth import get_user_model
 from msgspec import UNSET
 
-from accounts.websocket import in_lookup_thread
-from calls import delivery, history, metrics, process
+from calls import delivery, history, host, metrics, process
 from calls.presence.base import Member, Participant, RoomSession
 from calls.protocol import (
     CallEnded,
@@ -33,8 +32,7 @@ from calls.protocol import (
 )
 from calls.services import ringing
 from calls.services.caller import NOT_IN_ROOM, Caller, own_room, participant_data
-from calls.services.rooms import MODERATOR_ROLES, announce_departure, persist
-from groups.models import Membership
+from calls.services.rooms import announce_departure, persist
 
 logger = logging.getLogger("calls")
 
@@ -46,19 +44,18 @@ TARGET_NOT_FOUND = "That participant is not in this call."
 
 def _moderates(user_id: str, session: RoomSession) -> bool:
     """Whether a user moderates a room (a query: run on the lookup threads)."""
-    if get_user_model().objects.filter(pk=int(user_id), is_staff=True).exists():
+    if host.is_staff(get_user_model()._default_manager.filter(pk=user_id).first()):
         return True
     if session.group_id is None:
         return str(session.metadata.get("createdBy")) == user_id
-    roles = Membership.objects.filter(user_id=int(user_id), group_id=int(session.group_id), role__in=MODERATOR_ROLES)
-    return roles.exists()
+    return host.role_in_group(user_id, session.group_id) in host.moderator_roles()
 
 
 async def _as_moderator(caller: Caller, room_id: str) -> tuple[RoomSession, tuple[Member, ...], Participant]:
     """The caller's room, its members and the caller's participant, if the caller is in
     it and moderates it; else the error."""
     session, members, me = await own_room(caller, room_id)
-    if not (caller.is_staff or await in_lookup_thread(_moderates)(caller.user_id, session)):
+    if not (caller.is_staff or await host.in_lookup_thread(_moderates)(caller.user_id, session)):
         raise SignalingError(ErrorCode.FORBIDDEN, NOT_MODERATOR)
     return session, members, me
 
@@ -84,7 +81,7 @@ async def kick(caller: Caller, request: Kick) -> None:
     target = next((m for m in members if m.participant.socket_id == request.targetSocketId), None)
     if target is None:
         raise SignalingError(ErrorCode.PARTICIPANT_NOT_FOUND, TARGET_NOT_FOUND)
-    if not caller.is_staff and await in_lookup_thread(_moderates)(target.participant.user_id, session):
+    if not caller.is_staff and await host.in_lookup_thread(_moderates)(target.participant.user_id, session):
         raise SignalingError(ErrorCode.FORBIDDEN, NOT_A_MODERATOR_TARGET)
     presence = process.current().presence
     banned_until = None

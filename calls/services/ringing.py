@@ -14,8 +14,7 @@ import time
 
 from django.conf import settings
 
-from accounts.websocket import in_lookup_thread
-from calls import delivery, history, metrics, process
+from calls import delivery, history, host, metrics, process
 from calls.presence.base import PresenceUnavailable, RingEnd, RingRecord
 from calls.protocol import (
     ErrorCode,
@@ -33,7 +32,6 @@ from calls.protocol import (
     iso_utc,
 )
 from calls.services.caller import Caller, own_room, participant_data
-from groups.selectors import member_ids_of_group
 
 logger = logging.getLogger("calls")
 
@@ -48,8 +46,12 @@ async def ring(caller: Caller, request: Ring) -> RingStarted:
     session, in_room, me = await own_room(caller, request.callRoomId)
     if session.group_id is None:
         raise SignalingError(ErrorCode.FORBIDDEN, NO_GROUP)
-    members = await in_lookup_thread(member_ids_of_group)(group_id=int(session.group_id))
-    wanted = list(dict.fromkeys(request.userIds)) if request.userIds is not None else sorted(members, key=int)
+    members = await host.in_lookup_thread(host.member_ids_of_group)(session.group_id)
+    wanted = (
+        list(dict.fromkeys(request.userIds))
+        if request.userIds is not None
+        else sorted(members, key=lambda user_id: (len(user_id), user_id))
+    )
     if not set(wanted) <= members:
         raise SignalingError(ErrorCode.FORBIDDEN, NOT_MEMBERS, details={"userIds": sorted(set(wanted) - members)})
     presence = process.current().presence

@@ -10,8 +10,7 @@ from typing import Any
 
 from django.conf import settings
 
-from accounts.websocket import in_lookup_thread
-from calls import delivery, history, metrics, process
+from calls import delivery, history, host, metrics, process
 from calls.ice import ice_servers_for
 from calls.presence.base import Departure, JoinOutcome, JoinStatus, Member, RoomSession
 from calls.protocol import (
@@ -33,8 +32,6 @@ from calls.protocol import (
 )
 from calls.services import ringing
 from calls.services.caller import NOT_IN_ROOM, Caller, participant_data
-from groups.models import Membership
-from groups.selectors import group_roles_of_user
 
 logger = logging.getLogger("calls")
 
@@ -55,8 +52,6 @@ ROOM_LOCKED = "This call is locked; only its moderators may join."
 
 BANNED = "You were removed from this call and may not join it again yet."
 
-MODERATOR_ROLES = frozenset({Membership.Role.OWNER, Membership.Role.ADMIN})
-
 
 async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     """Rules 1 and 2: create or join a room, leaving the current one first."""
@@ -68,15 +63,15 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     metadata |= {"callType": request.callType or "video", "createdAt": me.joined_at, "createdBy": caller.user_id}
     proposal = RoomSession(request.callRoomId, uuid.uuid4().hex, metadata, requested_group)
 
-    async def join(roles: dict[str, str]) -> JoinOutcome:
+    async def join(role: str | None) -> JoinOutcome:
         # Staff and the group's owners and admins pass a lock (docs/protocol.md §10);
         # presence lets an ungrouped room's creator pass too.
-        moderator = caller.is_staff or roles.get(requested_group or "") in MODERATOR_ROLES
+        moderator = caller.is_staff or role in host.moderator_roles()
         return await process.current().presence.join(
             new_session=proposal,
             member=Member(me, caller.channel_name),
             capacity=settings.CALLS_MAX_PARTICIPANTS,
-            group_ids=frozenset(roles),
+            group_ids=frozenset() if role is None else frozenset({requested_group or ""}),
             moderator=moderator,
         )
 
@@ -84,9 +79,9 @@ async def room_join(caller: Caller, request: JoinRoom) -> RoomJoined:
     # joiner's groups: a query, on the lookup threads, never behind history writes (a
     # stuck history writer held another user's group join for 20 s, rule 9).
     if requested_group is None:
-        outcome = await join({})
+        outcome = await join(None)
     else:
-        outcome = await join(await in_lookup_thread(group_roles_of_user)(user_id=int(caller.user_id)))
+        outcome = await join(await host.in_lookup_thread(host.role_in_group)(caller.user_id, requested_group))
     if outcome.status is JoinStatus.FORBIDDEN:
         raise SignalingError(ErrorCode.FORBIDDEN, FORBIDDEN_GROUP)
     if outcome.status is JoinStatus.BANNED:

@@ -18,7 +18,7 @@ from channels.exceptions import StopConsumer
 from channels.generic.http import AsyncHttpConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from accounts.websocket import ORIGIN_STATE
+from calls.auth.websocket import ORIGIN_STATE
 from calls.consumers import ABNORMAL_CLOSURE
 from calls.socketio.codec import PING, PONG, PROBE, SEPARATOR, UPGRADE
 from calls.socketio.engine import MAX_PAYLOAD, EngineSession, OverlappingPoll, sessions

@@ -9,7 +9,7 @@ pings the client every pingInterval and closes when a ping is not answered withi
 pingTimeout.
 
 The client's Socket.IO CONNECT to ``/`` opens a connection of ``calls.session``, as the
-native endpoint does on its handshake: the same authentication (``accounts.websocket``),
+native endpoint does on its handshake: the same authentication (``calls.auth.websocket``),
 a ``Caller`` with a mailbox, the same limits. A task writes the mailbox to the client,
 taking turns with the replies to requests (``turn``), so that a reply goes out before
 anything that arrived while its request was handled.
@@ -28,8 +28,9 @@ import msgspec
 from django.conf import settings
 from django.contrib.sessions.backends.base import SessionBase
 
-from accounts.throttle import client_address
-from accounts.websocket import (
+from calls import delivery
+from calls.auth.throttle import client_address
+from calls.auth.websocket import (
     AUTH_EXPIRES_AT,
     AUTH_THROTTLED,
     Authentication,
@@ -37,7 +38,6 @@ from accounts.websocket import (
     cookie_session,
     presented_credential,
 )
-from calls import delivery
 from calls.protocol import CloseCode, Outgoing
 from calls.services.caller import Caller
 from calls.services.resume import socketio_pid

@@ -12,8 +12,8 @@ import pytest
 from channels.sessions import CookieMiddleware
 from channels.testing import WebsocketCommunicator
 
-from accounts.tickets import reset_ticket_store
-from accounts.websocket import OriginCheck, WebsocketAuthMiddleware
+from calls.auth.tickets import reset_ticket_store
+from calls.auth.websocket import OriginCheck, WebsocketAuthMiddleware
 from tests.conftest import RECEIVE_TIMEOUT_SECS
 
 

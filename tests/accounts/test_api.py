@@ -49,7 +49,13 @@ def test_me_describes_the_caller(client: Client, alice: User) -> None:
     access = obtain(client, "alice")["access"]
     response = client.get("/api/auth/me/", headers={"Authorization": f"Bearer {access}"})
     assert response.status_code == 200
-    assert response.json() == {"id": str(alice.pk), "username": "alice", "displayName": "Alice A.", "email": ""}
+    assert response.json() == {
+        "id": str(alice.pk),
+        "username": "alice",
+        "displayName": "Alice A.",
+        "email": "",
+        "isStaff": False,
+    }
 
 
 def test_me_shows_the_username_when_there_is_no_display_name(client: Client, carol: User) -> None:

@@ -11,8 +11,8 @@ import pytest
 import rest_framework_simplejwt.serializers
 from django.test import Client
 
-from accounts import throttle
 from accounts.models import User
+from calls.auth import throttle
 from tests.accounts import conftest as accounts_conftest
 from tests.accounts.conftest import FrozenClock
 from tests.conftest import PASSWORD, make_user

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from channels.testing import WebsocketCommunicator
 
-from accounts import throttle
 from accounts.models import User
+from calls.auth import throttle
 from tests.conftest import RECEIVE_TIMEOUT_SECS, access_token
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -16,10 +16,10 @@ from django.contrib.sessions.models import Session
 from django.test import AsyncClient, Client
 from rest_framework_simplejwt.tokens import AccessToken
 
-from accounts import tickets
 from accounts.models import User
-from accounts.tickets import RedisTickets, Ticket
-from accounts.websocket import AUTH_EXPIRES_AT
+from calls.auth import tickets
+from calls.auth.tickets import RedisTickets, Ticket
+from calls.auth.websocket import AUTH_EXPIRES_AT
 from tests.accounts.conftest import FrozenClock, authenticated_scope
 from tests.conftest import RECEIVE_TIMEOUT_SECS, access_token
 

@@ -18,7 +18,7 @@ from django.contrib.sessions.models import Session
 from rest_framework_simplejwt.tokens import AccessToken, RefreshToken
 
 from accounts.models import User
-from accounts.websocket import AUTH_EXPIRES_AT, user_and_expiry_from_token
+from calls.auth.websocket import AUTH_EXPIRES_AT, user_and_expiry_from_token
 from tests.accounts.conftest import authenticated_scope
 from tests.conftest import RECEIVE_TIMEOUT_SECS, ConnectFactory, access_token, history_written, make_user
 

@@ -9,7 +9,7 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import Client, override_settings
 
-from accounts.websocket import OriginCheck
+from calls.auth.websocket import OriginCheck
 from tests.conftest import RECEIVE_TIMEOUT_SECS
 
 URL = "/api/calls/origin-check/"

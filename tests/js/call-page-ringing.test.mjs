@@ -223,6 +223,14 @@ describe('the call page: ringing, media state and moderation', () => {
     assert.equal(page.tileOf('alice').querySelector('.moderate').hidden, true, 'not on our own tile');
   });
 
+  test('a staff member who is a plain member of the group sees the moderator controls', async () => {
+    server.staff.add('bob');
+    await device('carol');
+    await pageOf('bob', ROOM);
+    for (const id of ['lock-call', 'end-for-all']) assert.equal(page.$(id).hidden, false, id);
+    assert.equal(page.tileOf('carol').querySelector('.moderate').hidden, false);
+  });
+
   test('the owner kicks with a ban: the kicked page says by whom and until when, and its rejoin is refused', async () => {
     const alice = await device('alice');
     await pageOf('carol', ROOM);

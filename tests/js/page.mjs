@@ -338,7 +338,7 @@ export async function openPage(server, { storage = new Map(), live = (calls) => 
       case '/api/auth/token/refresh/':
         return issued.has(body.refresh) ? json(200, { access: access(issued.get(body.refresh)) }) : json(401, {});
       case '/api/auth/me/':
-        return json(200, { id: user, username: user, displayName: user.toUpperCase() });
+        return json(200, { id: user, username: user, displayName: user.toUpperCase(), isStaff: server.staff.has(user) });
       case '/api/groups/':
         return json(200, groupsOf(user).map(({ id, name }) => ({ id, name })));
       case '/api/calls/live/': {

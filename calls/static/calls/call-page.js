@@ -730,7 +730,8 @@ function watchMesh(mesh) {
 async function learnRole(mesh) {
   const { groupId, createdBy } = mesh.joined?.metadata ?? {};
   const myId = String(app.me.id);
-  let moderator = false;
+  // Staff moderate every call (docs/protocol.md §10).
+  let moderator = Boolean(app.me.isStaff);
   const members = new Map();
   if (typeof groupId === 'string' && GROUP_ID.test(groupId)) {
     try {
@@ -738,12 +739,12 @@ async function learnRole(mesh) {
       for (const { userId, displayName, username, role } of group.members ?? []) {
         members.set(String(userId), { displayName: displayName || username, role });
       }
-      moderator = MODERATOR_ROLES.has(members.get(myId)?.role);
+      moderator ||= MODERATOR_ROLES.has(members.get(myId)?.role);
     } catch (error) {
       console.warn('could not read the group', error); // no moderator controls, then
     }
   } else {
-    moderator = createdBy !== undefined && String(createdBy) === myId;
+    moderator ||= createdBy !== undefined && String(createdBy) === myId;
   }
   if (app.mesh !== mesh) return;
   Object.assign(app, { moderator, members });

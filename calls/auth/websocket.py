@@ -1,17 +1,22 @@
 """Websocket handshake security: the Origin check and authentication.
 
-The stack (see ``config/asgi.py``) is ``OriginCheck`` → cookies →
-``WebsocketAuthMiddleware`` → router. It follows docs/protocol.md §2:
+The stack (``calls/asgi.py``) is ``OriginCheck`` → cookies → the auth middleware
+(``CALLS_WEBSOCKET_AUTH_MIDDLEWARE``, by default ``WebsocketAuthMiddleware``) → router.
+It follows docs/protocol.md §2:
 
 - a foreign ``Origin`` is refused with HTTP 403;
 - no ``Origin`` (mobile apps, servers, test peers) is allowed, but then only a token
   authenticates: cross-site websocket hijacking rides on cookies, so the session cookie
   counts only when the browser proved an allowed origin;
-- credentials are tried in the order ``?token=``, ``?ticket=`` (``accounts.tickets``),
+- credentials are tried in the order ``?token=``, ``?ticket=`` (``calls.auth.tickets``),
   ``Authorization: Bearer``, session;
 - every authenticated connection's scope says when its authentication ends
   (``AUTH_EXPIRES_AT``): the token's expiry, the ticket's (that of the credential that
   obtained it) or the session's.
+
+A token is checked by ``CALLS_TOKEN_USER`` (``calls/host.py``; by default
+``user_and_expiry_from_token``: a simplejwt access token), so a host with tokens of its
+own keeps tickets, sessions and the throttle.
 
 ``authenticate`` is the one implementation of the credential checks and the address
 throttle: the middleware calls it at the handshake, the Socket.IO endpoint
@@ -22,14 +27,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from importlib import import_module
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlparse
 
-from channels.db import DatabaseSyncToAsync
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model, load_backend
@@ -42,12 +45,13 @@ from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.exceptions import TokenError
 from rest_framework_simplejwt.tokens import AccessToken
 
-from accounts.throttle import client_address, get_throttle
-from accounts.tickets import get_ticket_store
+from calls import host
+from calls.auth.throttle import client_address, get_throttle
+from calls.auth.tickets import get_ticket_store
+from calls.host import in_lookup_thread
 
-logger = logging.getLogger("accounts")
+logger = logging.getLogger("calls")
 T = TypeVar("T")
-P = ParamSpec("P")
 
 # Scope keys this module sets; consumers read them.
 ORIGIN_STATE = "calls.origin"  # "allowed" or "absent"
@@ -55,26 +59,6 @@ AUTH_THROTTLED = "calls.auth_throttled"  # True when the address failed too ofte
 # Set on every authenticated connection: when its authentication ends, as a Unix time
 # (float), or None when the credential never expires.
 AUTH_EXPIRES_AT = "calls.auth_expires_at"
-
-# The lookups that must never wait behind call-history writes run on threads of their
-# own: the handshake's (token, ticket, session), refresh-auth's, the credentials sweep's
-# and a join's group lookup.
-# database_sync_to_async runs every call on asgiref's one thread-sensitive thread, which
-# the call-history writer (calls/history.py) uses too: behind a backlog of history writes
-# (a slow database, the leaves of a thousand participants of a dead process) every
-# handshake, and even the 4401 of a bad token, would wait its turn. The lookups need no
-# thread affinity: each opens or reuses its thread's own database connection, and
-# DatabaseSyncToAsync closes stale ones around each call as database_sync_to_async does.
-# Two threads: a lookup is one or two indexed reads, and more would hold more database
-# connections per process for nothing.
-LOOKUP_THREADS = 2
-_lookup_executor = ThreadPoolExecutor(max_workers=LOOKUP_THREADS, thread_name_prefix="lookup")
-
-
-def in_lookup_thread(fn: Callable[P, T]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """``fn`` (synchronous, may use the database) as a coroutine function that runs it on
-    the lookup threads, never behind call-history writes."""
-    return DatabaseSyncToAsync(fn, thread_sensitive=False, executor=_lookup_executor)
 
 
 class OriginCheck(OriginValidator):
@@ -154,12 +138,6 @@ def user_and_expiry_from_token(raw: str) -> tuple[Any, float | None]:
         return None, None
     expires_at = token.get("exp")
     return user, float(expires_at) if expires_at is not None else None
-
-
-async def user_from_token(raw: str) -> Any:
-    """The active user an access token names, or ``None`` for any invalid token."""
-    user, _ = await in_lookup_thread(user_and_expiry_from_token)(raw)
-    return user
 
 
 def active_user(user_id: str) -> Any:
@@ -260,7 +238,7 @@ async def authenticate(
         if raw and kind == "ticket":
             user, expires_at = await user_and_expiry_from_ticket(raw)
         elif raw:
-            user, expires_at = await in_lookup_thread(user_and_expiry_from_token)(raw)
+            user, expires_at = await in_lookup_thread(host.user_and_expiry_from_token)(raw)
         if user is None:
             await _fail_open(throttle.record_failure(address), None)
     elif session is not None:

@@ -55,7 +55,7 @@ from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 
-logger = logging.getLogger("accounts")
+logger = logging.getLogger("calls")
 
 WINDOW_SECS = 60.0  # websocket authentication failures (CALLS_AUTH_FAILURES_PER_MINUTE)
 LOGIN_WINDOW_SECS = 600.0  # failed logins (CALLS_LOGIN_FAILURES_PER_ADDRESS, …_PER_USERNAME)
