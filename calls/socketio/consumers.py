@@ -188,7 +188,7 @@ class WebsocketConsumer(AsyncWebsocketConsumer):
 
     async def connect(self) -> None:
         """Called on the handshake. The origin check and the handshake's authentication
-        have run (config/asgi.py); a socket that is not Engine.IO v4, or names a session
+        have run (calls/asgi.py); a socket that is not Engine.IO v4, or names a session
         that cannot be upgraded, is refused (HTTP 403)."""
         query = _query(self.scope)
         if query.get("EIO") != "4" or query.get("transport") != "websocket":

@@ -72,7 +72,7 @@ class ScopeCapture:
 
 
 async def authenticated_scope(path: str, headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
-    """The scope the handshake stack (``config/asgi.py``'s, up to the router) hands on."""
+    """The scope the handshake stack (``calls/asgi.py``'s, up to the router) hands on."""
     capture = ScopeCapture()
     application = OriginCheck(CookieMiddleware(WebsocketAuthMiddleware(capture)))
     communicator = WebsocketCommunicator(application, path, headers=headers or [])
