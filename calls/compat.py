@@ -68,6 +68,7 @@ def check_daphne_stack(installed: dict[str, str] | None = None) -> None:
             f"process has {', '.join(different)}. Install the pinned versions of requirements.txt, or "
             "check each adjustment in calls/compat.py against the new release and update WRITTEN_FOR."
         )
+    from autobahn.twisted import websocket as twisted_websocket
     from autobahn.websocket import protocol
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
@@ -80,7 +81,8 @@ def check_daphne_stack(installed: dict[str, str] | None = None) -> None:
         HTTPChannel: ("dataReceived", "allHeadersReceived", "requestDone", "connectionLost", "callLater"),
         Server: ("handle_reply",),
         FileDescriptor: ("write", "dataBuffer", "_writeDisconnected", "connected", "disconnecting"),
-        protocol: ("pformat",),
+        protocol: ("pformat", "hltype", "hlval"),
+        twisted_websocket: ("hltype", "hlval"),
     }
     missing = [f"{getattr(owner, '__name__', owner)}.{name}" for owner, names in required.items()
                for name in names if not hasattr(owner, name)]  # fmt: skip
@@ -129,13 +131,40 @@ class _LazyPformat:
         return pformat(self.value)
 
 
+class _LazyHighlight:
+    """autobahn's ``hltype``/``hlval`` (colour the text of a debug line), called only if
+    the text is ever asked for."""
+
+    __slots__ = ("highlight", "value")
+
+    def __init__(self, highlight: Any, value: object) -> None:
+        self.highlight = highlight
+        self.value = value
+
+    def __str__(self) -> str:
+        return str(self.highlight(self.value))
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy(highlight: Any) -> Any:
+    return lambda value, *args, **kwargs: _LazyHighlight(lambda v: highlight(v, *args, **kwargs), value)
+
+
 def _defer_autobahn_debug_formatting() -> None:
-    """autobahn (under daphne) pretty-prints its whole configuration for a debug line on
-    every websocket connection, logged or not: about 9% of a connection's CPU in a py-spy
-    profile of 1,500 connects. Format it only when the line is written."""
+    """autobahn (under daphne) formats debug lines that are not logged: it pretty-prints
+    its whole configuration on every connection (about 9% of a connection's CPU in a
+    py-spy profile of 1,500 connects), and colours the arguments of a line on every frame
+    sent and received (``hltype``/``hlval`` through click: 7% of a relaying process's
+    samples, docs/benchmarks.md). Format them only when the line is written."""
+    from autobahn.twisted import websocket as twisted_websocket
     from autobahn.websocket import protocol
 
     protocol.pformat = _LazyPformat
+    for module in (protocol, twisted_websocket):
+        module.hltype = _lazy(module.hltype)
+        module.hlval = _lazy(module.hlval)
 
 
 # Frames queued for one connection's consumer before daphne stops reading its socket. A

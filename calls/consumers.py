@@ -54,7 +54,10 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             while True:
                 message = await receive()
                 async with self.turn:
-                    await self.dispatch(message)
+                    if message["type"] == "websocket.receive":  # a frame: straight in, without a dispatch
+                        await self.receive(message.get("text"), message.get("bytes"))
+                    else:
+                        await self.dispatch(message)
                 # receive() does not suspend while daphne holds queued frames: yield, or
                 # a flood would be handled in one go while its recipients' mailboxes,
                 # whose writers never ran, overflowed.
@@ -74,7 +77,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
                     if item == CloseCode.GOING_AWAY:
                         self._end_session("code=1001 from the server", lost=True)
                 elif not self.closing:
-                    await self.send(text_data=item.text(NATIVE))
+                    await self.base_send({"type": "websocket.send", "text": item.text(NATIVE)})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every message from the socket.
@@ -118,7 +121,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         if isinstance(outcome, int):
             await self.close(code=outcome)
         elif outcome is not None:
-            await self.send(text_data=outcome.text(NATIVE))
+            await self.base_send({"type": "websocket.send", "text": outcome.text(NATIVE)})
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
         """Close from the server end. Frames still in the mailbox are then dropped:

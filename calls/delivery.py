@@ -167,6 +167,17 @@ async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
     return undelivered
 
 
+def deliver_here(socket_id: str, event: Outgoing) -> bool:
+    """``deliver`` to one connection of this process, known to be here (a relay between
+    two of its connections): without building and splitting an address. ``False``
+    when its mailbox is full; a connection that has just closed counts as delivered."""
+    mailbox = process.current().mailboxes.get(socket_id)
+    if mailbox is None or mailbox.put_frame(event):
+        return True
+    logger.warning("mailbox full, frame refused socketId=%s", socket_id)
+    return False
+
+
 def forward(event: Outgoing) -> Forward | None:
     """What lets presence publish ``event`` to other processes' inboxes while it routes,
     saving a round trip to Redis: possible when the channel layer is channels_redis's

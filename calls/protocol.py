@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from enum import StrEnum
-from typing import Annotated, Any, Final, Literal, Protocol
+from typing import Annotated, Any, ClassVar, Final, Literal, Protocol
 
 import msgspec
 from msgspec import UNSET, Meta, Raw, Struct, UnsetType
@@ -316,6 +316,8 @@ _envelope_decoder = msgspec.json.Decoder(_Envelope)
 _event_decoder = msgspec.json.Decoder(str)
 _id_decoder = msgspec.json.Decoder(RequestId)
 _request_decoders = {event: msgspec.json.Decoder(schema) for event, schema in REQUEST_SCHEMAS.items()}
+# By name: a dict lookup, where Event(name) goes through the enum machinery on every frame.
+_EVENTS = {event.value: event for event in Event}
 _encoder = msgspec.json.Encoder()
 
 BAD_ENVELOPE = 'A frame must be a JSON object with a string "event" and an object "data".'
@@ -383,7 +385,7 @@ def parse_request(event: str, data: bytes | None, request_id: RequestId | None =
             event=event,
             request_id=request_id,
         ) from None
-    return ParsedRequest(event=Event(event), request=request, request_id=request_id)
+    return ParsedRequest(event=_EVENTS[event], request=request, request_id=request_id)
 
 
 _STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
@@ -393,9 +395,14 @@ _BRACKET = re.compile(rb"[\[\]{}]")
 def nests_deeper_than(text: str | bytes, limit: int) -> bool:
     """Whether a JSON text nests arrays and objects deeper than ``limit``. Cheap for
     ordinary frames: only a text with more than ``limit`` opening brackets is scanned."""
-    raw = text.encode() if isinstance(text, str) else text
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return False
+    if isinstance(text, str):
+        if text.count("[") + text.count("{") <= limit:
+            return False
+        raw = text.encode()
+    else:
+        raw = text
+        if raw.count(b"[") + raw.count(b"{") <= limit:
+            return False
     depth = 0
     for match in _BRACKET.finditer(_STRING.sub(b"", raw)):
         if match.group() in (b"[", b"{"):
@@ -620,7 +627,7 @@ class Outgoing:
     An event that came from another process carries its data already encoded
     (``encoded``), and is never decoded here."""
 
-    __slots__ = ("_encoded", "_framed", "data", "event", "request_id")
+    __slots__ = ("_encoded", "_framed", "_text", "_wire", "data", "event", "request_id")
 
     def __init__(
         self,
@@ -634,6 +641,9 @@ class Outgoing:
         self.data = data
         self.request_id = request_id
         self._encoded = encoded.encode() if isinstance(encoded, str) else encoded
+        # The first framing, and any other (recipients on both transports).
+        self._wire: Wire | None = None
+        self._text = ""
         self._framed: dict[str, str] | None = None
 
     def encoded_data(self) -> bytes:
@@ -646,6 +656,11 @@ class Outgoing:
         return self.event, self.encoded_data()
 
     def text(self, wire: Wire) -> str:
+        if self._wire is wire:
+            return self._text
+        if self._wire is None:
+            self._wire, self._text = wire, wire.frame(self)
+            return self._text
         framed = self._framed
         if framed is None:
             framed = self._framed = {}
@@ -662,9 +677,13 @@ class NativeWire:
     """docs/protocol.md §1: ``{"event", "data"[, "id"]}`` as one text frame."""
 
     name = "native"
+    _heads: ClassVar[dict[str, bytes]] = {}  # by server event name: a few dozen
 
     def frame(self, event: Outgoing) -> str:
-        head = b'{"event":' + _encoder.encode(event.event) + b',"data":' + event.encoded_data()
+        head = self._heads.get(event.event)
+        if head is None:
+            head = self._heads[event.event] = b'{"event":' + _encoder.encode(event.event) + b',"data":'
+        head += event.encoded_data()
         if event.request_id is not None:
             head += b',"id":' + _encoder.encode(event.request_id)
         return (head + b"}").decode()

@@ -68,11 +68,11 @@ async def open_session(
     return SignalingSession(caller, greeting)
 
 
-def frame_problem(text: str | None) -> SignalingError | None:
-    """What is wrong with a raw frame (``None``: not text), before any parsing."""
+def frame_problem(text: str | None, limit: int) -> SignalingError | None:
+    """What is wrong with a raw frame (``None``: not text; ``limit``: the largest in
+    bytes), before any parsing."""
     if text is None:
         return SignalingError(ErrorCode.INVALID_MESSAGE, NOT_TEXT)
-    limit = settings.CALLS_MAX_MESSAGE_BYTES
     # Characters are at most 4 bytes, so only long frames need encoding to measure.
     if len(text) * 4 > limit and len(text.encode()) > limit:
         return SignalingError(
@@ -85,12 +85,14 @@ class SignalingSession:
     """One open, authenticated connection, whatever its transport: its ``Caller`` and its
     flood control."""
 
-    __slots__ = ("caller", "greeting", "limiter")
+    __slots__ = ("caller", "greeting", "limiter", "max_bytes")
 
     def __init__(self, caller: services.Caller, greeting: list[Outgoing]) -> None:
         self.caller = caller
         self.greeting = greeting  # webrtc:connected, and a resume's outcome
         self.limiter = FrameLimiter(rate=settings.CALLS_RATE_LIMIT, burst=settings.CALLS_RATE_BURST)
+        # Read once: a setting costs a lookup through Django's lazy settings on every frame.
+        self.max_bytes: int = settings.CALLS_MAX_MESSAGE_BYTES
 
     async def handle(self, text: str | None, parse: Parser) -> Outgoing | int | None:
         """Called for each frame the client sends (``None`` for a binary one), in order:
@@ -100,7 +102,7 @@ class SignalingSession:
         try:
             # Checks in the order of docs/protocol.md §3: frame size and type, rate, content.
             # Every frame takes a token, so that a flood of bad frames is a flood too.
-            problem = frame_problem(text)
+            problem = frame_problem(text, self.max_bytes)
             verdict = self.limiter.admit()
             if verdict is not Verdict.ADMIT:
                 metrics.RATE_LIMITED.inc()

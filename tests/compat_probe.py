@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from autobahn.twisted import websocket as twisted_websocket
 from autobahn.websocket import protocol
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
@@ -27,6 +28,10 @@ def current() -> dict[str, Any]:
         "Server.handle_reply": Server.handle_reply,
         "FileDescriptor.write": FileDescriptor.write,
         "autobahn.protocol.pformat": protocol.pformat,
+        "autobahn.protocol.hltype": protocol.hltype,
+        "autobahn.protocol.hlval": protocol.hlval,
+        "autobahn.twisted.hltype": twisted_websocket.hltype,
+        "autobahn.twisted.hlval": twisted_websocket.hlval,
     }
 
 

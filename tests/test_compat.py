@@ -68,3 +68,17 @@ def test_a_missing_attribute_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delattr(Server, "handle_reply")
     with pytest.raises(ImproperlyConfigured, match=r"Server\.handle_reply no longer exist"):
         compat.check_daphne_stack(dict(compat.WRITTEN_FOR))
+
+
+def test_deferred_highlighting_writes_what_autobahn_would() -> None:
+    """The lazy ``hltype``/``hlval`` give autobahn's own text once a debug line is written."""
+    from autobahn.util import hltype, hlval
+
+    from calls.compat import _lazy
+
+    assert str(_lazy(hltype)(test_deferred_highlighting_writes_what_autobahn_would)) == hltype(
+        test_deferred_highlighting_writes_what_autobahn_would
+    )
+    assert (
+        "{}, {:>3}".format(_lazy(hlval)(42), _lazy(hlval)(7, color="red")) == f"{hlval(42)}, {hlval(7, color='red'):>3}"
+    )
