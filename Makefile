@@ -45,10 +45,12 @@ test: lint
 	$(PY) -m pytest
 	CALLS_TEST_DATABASE=postgresql $(PY) -m pytest $(POSTGRES_TESTS)
 
-# The signaling benchmark (docs/benchmarks.md); BENCH_ARGS="--server uvicorn --scenarios S2"
-# runs one configuration instead of the reference set; BENCH_ARGS="--matrix --ref-node DIR"
-# runs the reference set beside the Node + Socket.IO implementation in DIR, with ratios to it.
-BENCH_ARGS ?= --matrix
+# The signaling benchmark (docs/benchmarks.md). With REF_NODE_DIR set (the directory of a
+# Node + Socket.IO implementation to compare with), it runs the targets report (--targets,
+# which reads REF_NODE_DIR), otherwise the reference set (--matrix).
+# BENCH_ARGS="--server uvicorn --scenarios S2" runs one configuration instead;
+# BENCH_ARGS="--matrix --ref-node DIR" the reference set beside ref-node, with ratios to it.
+BENCH_ARGS ?= $(if $(REF_NODE_DIR),--targets,--matrix)
 bench: $(VENV)/.installed-dev
 	scripts/ensure-redis
 	$(PY) -m bench.run $(BENCH_ARGS)

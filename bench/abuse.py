@@ -320,11 +320,12 @@ async def squat(tree: Path) -> dict:
         out["squatter_sockets_in_room"] = in_room
         alice = await open_peer(c.ws(1), tok["alice"])
         r = await alice.request("webrtc:join-room", {"callRoomId": room, "metadata": {"groupId": gid}})
-        out["member_join_after_fill"] = (
-            r["data"].get("error")
-            if r["event"] == "webrtc:signaling-error"
-            else f"joined, participantCount={r['data']['participantCount']}"
-        )
+        if r is None:
+            out["member_join_after_fill"] = "no reply"
+        elif r["event"] == "webrtc:signaling-error":
+            out["member_join_after_fill"] = r["data"].get("error")
+        else:
+            out["member_join_after_fill"] = f"joined, participantCount={r['data']['participantCount']}"
         for p in [*squatters, alice]:
             await p.close()
     return out

@@ -13,6 +13,12 @@
 //             steady rate (the highest rate with every message delivered, p99 under the
 //             limit and this process not saturated).
 //   idle      connect many clients and hold them: server RSS per connection.
+// With --overload the scenario's steady phase is an overload instead: --rate for
+// --duration, then at once a probe at --probe-rate for --probe-secs, both drained (at most
+// --overload-drain-max-secs); it reports what was lost, the connections closed, the
+// servers' peak RSS against the RSS before, and the probe's relay p99 in windows of send
+// time (--probe-window-ms), hence how long after the load ended p99 was back under the
+// limit.
 //
 // Framing (--framing):
 //   native    the native endpoint's JSON frames, {"event", "data", "id"}; the token in
@@ -35,7 +41,8 @@
 //
 // Usage (bench/run.py passes all of this): node bench/loadgen.mjs --urls ws://H:P/ws/calls/[,...]
 //   --tokens tokens.json [--framing native|socketio [--connected-on event|sid]] [--mode scenario|idle] [--rooms 100 --size 4 --rate 5000 --duration 10]
-//   [--bisect-lo 250 --bisect-hi 40000] [--pids 123,456 --redis-pid 789]
+//   [--bisect-lo 250 --bisect-hi 40000] [--overload --probe-rate 1000 --probe-secs 8]
+//   [--pids 123,456 --redis-pid 789]
 // The tokens file is a JSON list of access tokens: one per client, then two per URL for
 // the warm-up.
 
@@ -76,6 +83,12 @@ const { values: args } = parseArgs({
     "connected-on": { type: "string", default: "event" },
     deflate: { type: "boolean", default: false },
     quiet: { type: "boolean", default: false },
+    overload: { type: "boolean", default: false },
+    "probe-rate": { type: "string", default: "1000" },
+    "probe-secs": { type: "string", default: "8" },
+    "probe-window-ms": { type: "string", default: "500" },
+    "overload-drain-max-secs": { type: "string", default: "120" },
+    "rss-sample-ms": { type: "string", default: "100" },
   },
 });
 
@@ -196,6 +209,7 @@ function newPhase(name, rate = null) {
     closes: 0,
     latencies: [],
     lastDeliveryAt: performance.now(),
+    windows: null, // the probe's: per window of send time, messages sent and their latencies
   };
   if (phases.length >= 255) fail("too many phases");
   phases.push(phase);
@@ -482,10 +496,22 @@ const stamp = () => performance.now().toFixed(3);
 
 function sendCandidate(sender, target) {
   const seq = allocate(sender, target);
+  const ts = stamp();
+  // The receiver finds the window from the same stamp, so both count it in one window.
+  if (currentPhase.windows !== null) windowOf(currentPhase, Number.parseFloat(ts)).sent += 1;
   sender.send(
     `${sender.icePrefix(target)}candidate:${seq} 1 udp 2122260223 192.0.2.${(seq % 250) + 1} ` +
-      `${50000 + (seq % 10000)} typ host generation 0 ufrag bnch network-cost 10 ts ${stamp()}${FRAMING.iceTail}`,
+      `${50000 + (seq % 10000)} typ host generation 0 ufrag bnch network-cost 10 ts ${ts}${FRAMING.iceTail}`,
   );
+}
+
+/** The window of ``phase`` that a message sent at ``ts`` belongs to (the last one takes
+ * whatever the schedule sent late, rather than a window of a few messages after it). */
+function windowOf(phase, ts) {
+  const { startAt, ms, count, list } = phase.windows;
+  const index = Math.min(count - 1, Math.max(0, Math.floor((ts - startAt) / ms)));
+  while (list.length <= index) list.push({ sent: 0, latencies: [] });
+  return list[index];
 }
 
 function sendDescription(sender, target, kind) {
@@ -539,6 +565,7 @@ function onRelay(receiver, data, text, isSdp, now) {
   phase.delivered += 1;
   phase.lastDeliveryAt = now;
   phase.latencies.push(now - mark.ts);
+  if (phase.windows !== null) windowOf(phase, mark.ts).latencies.push(now - mark.ts);
   return true;
 }
 
@@ -667,9 +694,8 @@ async function quiesce(maxMs) {
 /** Wait until every message of ``phase`` arrived; or until nothing arrived for a while
  * and the servers are idle (what is missing then is lost, not late); or at most
  * ``--drain-max-secs``. */
-async function drain(phase) {
+async function drain(phase, maxMs = num("drain-max-secs") * 1000) {
   const startedAt = performance.now();
-  const maxMs = num("drain-max-secs") * 1000;
   const idleMs = num("drain-idle-secs") * 1000;
   while (phase.delivered + phase.misdelivered < phase.sent) {
     const now = performance.now();
@@ -822,6 +848,90 @@ async function steady(name, pairs, rate, secs) {
   return result;
 }
 
+/** The overload: ``rate`` for ``secs``, then at once the probe (a low rate, in windows of
+ * send time) while the servers work off what the overload left; both drained. Reports
+ * what was lost, the connections closed, the servers' RSS before, at its peak and after,
+ * and how long after the load ended the probe's p99 was back under the limit. */
+async function overload(pairs, rate, secs) {
+  const send = () => {
+    const [sender, target] = pairs[pairCursor];
+    pairCursor = (pairCursor + 1) % pairs.length;
+    sendCandidate(sender, target);
+  };
+  const rssBefore = serverRssKb();
+  let rssPeak = rssBefore;
+  const sampler = setInterval(() => {
+    rssPeak = Math.max(rssPeak, serverRssKb());
+  }, num("rss-sample-ms"));
+  const phase = newPhase("overload", rate);
+  const before = cpuSnapshot();
+  const schedule = await onSchedule(Math.max(1, Math.round(rate * secs)), rate, send);
+  const sending = cpuSince(before);
+  const loadEndedAt = performance.now();
+
+  const probeRate = num("probe-rate");
+  const probeSecs = num("probe-secs");
+  const windowMs = num("probe-window-ms");
+  const probe = newPhase("probe", probeRate);
+  const count = Math.max(1, Math.ceil((probeSecs * 1000) / windowMs));
+  probe.windows = { startAt: loadEndedAt, ms: windowMs, count, list: [] };
+  log(`overload over: probe at ${probeRate} msg/s for ${probeSecs}s`);
+  const probeSchedule = await onSchedule(Math.max(1, Math.round(probeRate * probeSecs)), probeRate, send);
+  const drainMs = num("overload-drain-max-secs") * 1000;
+  const overloadDrained = await drain(phase, drainMs);
+  const probeDrained = await drain(probe, drainMs);
+  const cpu = cpuSince(before);
+  clearInterval(sampler);
+  rssPeak = Math.max(rssPeak, serverRssKb());
+  const quiet = await quiesce(num("quiet-max-secs") * 1000);
+  const rssAfter = serverRssKb();
+
+  // A window is back when every probe message sent in it arrived, with p99 under the
+  // limit (a window in which the generator sent nothing tells nothing either way).
+  const windows = probe.windows.list.map((w, i) => {
+    const latency = latencySummary(w.latencies);
+    const back = w.latencies.length === w.sent && (w.sent === 0 || latency.p99 < P99_LIMIT_MS);
+    return {
+      from_secs: round((i * windowMs) / 1000, 2),
+      sent: w.sent,
+      delivered: w.latencies.length,
+      relay_p99_ms: latency.p99,
+      back,
+    };
+  });
+  const lastOut = windows.findLastIndex((w) => !w.back);
+  const achieved = (phase.sent * 1000) / schedule.elapsedMs;
+  const undelivered = (p) => p.sent - p.delivered - p.misdelivered;
+  const lastOverloadDelivery = Math.max(0, phase.lastDeliveryAt - loadEndedAt);
+  return phaseReport(phase, cpu, {
+    rate,
+    secs,
+    achieved_rate: Math.round(achieved),
+    schedule_max_lag_ms: round(schedule.maxLagMs, 2),
+    generator_cpu: round(sending.ownCores, 3),
+    generator_saturated: sending.ownCores > SATURATED_CPU || achieved < rate * SATURATED_RATE,
+    drained: overloadDrained && probeDrained,
+    servers_quiet: quiet,
+    // until the last message of the overload arrived, counted from the end of the load
+    backlog_secs: undelivered(phase) === 0 ? round(lastOverloadDelivery / 1000, 2) : null,
+    connections: clients.length,
+    connections_open: clients.filter((c) => c.ws.readyState === WebSocket.OPEN).length,
+    server_rss_before_kb: rssBefore,
+    server_rss_peak_kb: rssPeak,
+    server_rss_after_kb: rssAfter,
+    probe: phaseReport(probe, { serverMs: Number.NaN, redisMs: Number.NaN }, {
+      rate: probeRate,
+      secs: probeSecs,
+      achieved_rate: Math.round((probe.sent * 1000) / probeSchedule.elapsedMs),
+      window_ms: windowMs,
+      windows,
+      // how long after the load ended p99 was back under the limit for good; null: not
+      // within the probe
+      recovery_secs: lastOut === windows.length - 1 ? null : round(((lastOut + 1) * windowMs) / 1000, 2),
+    }),
+  });
+}
+
 /** Why the servers can no longer be measured as they are, if they cannot. */
 function brokenBy(phase) {
   if (phase.closes > 0 || clients.some((c) => c.ws.readyState !== WebSocket.OPEN)) return "connections lost";
@@ -900,6 +1010,11 @@ async function scenario() {
 
   const pairs = steadyPairs(rooms, size);
   await quiesce(num("quiet-max-secs") * 1000);
+  if (args.overload) {
+    log(`overload: ${num("rate")} msg/s for ${num("duration")}s`);
+    report.overload = await overload(pairs, num("rate"), num("duration"));
+    return finish();
+  }
   let broken = null;
   if (num("duration") > 0) {
     log(`steady: ${num("rate")} msg/s for ${num("duration")}s`);

@@ -99,10 +99,11 @@ async def measure(mode: str, pings: int, burst_size: int, workdir: Path) -> dict
         latencies = await ping_pong(a, b, pings)
         pids = [s.process.pid for s in servers]
         before = [cpu_secs(pid) for pid in pids]
-        redis_before = cpu_secs(redis.process.pid) if redis else 0.0
+        redis_pid = redis.process.pid if redis is not None and redis.process is not None else None
+        redis_before = cpu_secs(redis_pid) if redis_pid is not None else 0.0
         elapsed = await burst(a, b, burst_size)
         server_cpu = sum(cpu_secs(pid) - b0 for pid, b0 in zip(pids, before, strict=True))
-        redis_cpu = (cpu_secs(redis.process.pid) - redis_before) if redis else 0.0
+        redis_cpu = (cpu_secs(redis_pid) - redis_before) if redis_pid is not None else 0.0
         await a.close()
         await b.close()
         quantiles = statistics.quantiles(latencies, n=100)

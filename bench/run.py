@@ -8,14 +8,16 @@ Scenarios (open-loop: the generator sends on a timer, whatever the server answer
   (10,800 relays); then 10 s of targeted ICE at 5,000 msg/s.
 - S2: 25 rooms x 8, the same setup (12,600 relays); then 10 s at 20,000 msg/s.
 - idle: 10,000 authenticated connections held open; server RSS per connection.
+- overload: S2's rooms, then 10 s at 40,000 msg/s and at once a probe at 1,000 msg/s for
+  8 s: what was lost or closed, peak RSS, and when p99 was back under 50 ms.
 
 After the steady phase, a bisection finds the highest steady rate held: every message
 delivered exactly once to its target, relay p99 under 50 ms, the generator not saturated.
 
 Usage:
-    python -m bench.run [--server daphne,uvicorn,mock,ref-node] [--processes N] [--scenarios S1,S2,idle]
+    python -m bench.run [--server daphne,uvicorn,mock,ref-node] [--processes N] [--scenarios S1,S2,idle,overload]
                         [--framing native,socketio] [--ref-node DIR]
-                        [--quick] [--no-bisect] [--matrix] [--help for the rest]
+                        [--quick] [--no-bisect] [--matrix] [--targets] [--help for the rest]
 
 ``--matrix`` runs the reference set of docs/benchmarks.md (daphne and uvicorn with one
 process, daphne with two processes and Redis; S1, S2 and idle). ``--framing`` chooses the
@@ -23,7 +25,10 @@ project's endpoint: native (``/ws/calls/``) or Socket.IO (``/socket.io/``), or b
 ``--ref-node DIR`` names a directory holding a Node + Socket.IO implementation of the
 same protocol (``server.js``; its npm dependencies are bench/package.json's), which then
 runs beside the project's servers in the same invocation, on the same core, speaking
-Socket.IO: every configuration's CPU per relay is also printed as a ratio to it. Loopback
+Socket.IO: every configuration's CPU per relay is also printed as a ratio to it.
+``--targets`` runs what the performance targets need (TARGET_CONFIGS, with ref-node from
+``--ref-node`` or ``REF_NODE_DIR``) and ends with the targets report: one row per target,
+the project's figure, ref-node's, the ratio, the target and whether it is met. Loopback
 only; every process it starts is stopped when it ends, fails or is interrupted.
 """
 
@@ -44,6 +49,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
@@ -91,6 +97,11 @@ class Scenario:
     size: int = 0
     rate: int = 0
     idle_connections: int = 0
+    # overload: the steady phase is ``rate`` for the run's duration, then at once a probe
+    # at ``probe_rate`` for ``probe_secs`` (no bisection)
+    overload: bool = False
+    probe_rate: int = 0
+    probe_secs: float = 0
 
     @property
     def clients(self) -> int:
@@ -101,12 +112,15 @@ SCENARIOS = {
     "S1": Scenario("S1", rooms=100, size=4, rate=5000),
     "S2": Scenario("S2", rooms=25, size=8, rate=20000),
     "idle": Scenario("idle", idle_connections=10000),
+    "overload": Scenario("overload", rooms=25, size=8, rate=40000, overload=True, probe_rate=1000, probe_secs=8),
 }
 QUICK = {
     "S1": Scenario("S1", rooms=10, size=4, rate=1000),
     "S2": Scenario("S2", rooms=5, size=8, rate=2000),
     "idle": Scenario("idle", idle_connections=500),
+    "overload": Scenario("overload", rooms=5, size=8, rate=8000, overload=True, probe_rate=500, probe_secs=4),
 }
+OVERLOAD_DRAIN_SECS = 120  # the longest wait for an overload's backlog (the generator's)
 MATRIX = [("daphne", 1, ["S1", "S2", "idle"]), ("uvicorn", 1, ["S1", "S2", "idle"]), ("daphne", 2, ["S1", "S2"])]
 REF_NODE = "ref-node"  # the Node + Socket.IO implementation that the figures are compared with
 SERVER_KINDS = ["daphne", "uvicorn", "mock", REF_NODE]
@@ -123,6 +137,8 @@ class Config:
     processes: int
     framing: str
     scenarios: tuple[str, ...]
+    # the scenarios whose highest held rate is searched; None: all (unless --no-bisect)
+    bisect: tuple[str, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,6 +392,9 @@ def loadgen_args(scenario: Scenario, options: Options, bisect: tuple[int, int] |
             "--p99-limit-ms", str(options.p99_limit_ms), "--step-secs", str(options.step_secs)]  # fmt: skip
     if bisect is not None:
         args += ["--bisect-lo", str(bisect[0]), "--bisect-hi", str(bisect[1]), "--bisect-ratio", str(BISECT_RATIO)]
+    if scenario.overload:
+        args += ["--overload", "--probe-rate", str(scenario.probe_rate), "--probe-secs", str(scenario.probe_secs),
+                 "--overload-drain-max-secs", str(OVERLOAD_DRAIN_SECS)]  # fmt: skip
     return args
 
 
@@ -385,6 +404,8 @@ def generator_deadline(scenario: Scenario, options: Options, bisect: tuple[int, 
     secs = 60 + scenario.clients / options.join_rate + 2 * DRAIN_SECS + duration
     if bisect is not None:
         secs += bisect_steps(*bisect) * (options.step_secs + DRAIN_SECS)
+    if scenario.overload:
+        secs += scenario.probe_secs + 2 * OVERLOAD_DRAIN_SECS
     return secs
 
 
@@ -421,7 +442,8 @@ def run_one(config: Config, scenario: Scenario, options: Options, workdir: Path,
     kind, processes = config.kind, config.processes
     tokens = credentials.ref_node if kind == REF_NODE and credentials.ref_node else credentials.project
     cores = Cores.plan(processes, with_redis=processes > 1)
-    bisect = None if scenario.idle_connections else options.bisect
+    searched = config.bisect is None or scenario.name in config.bisect
+    bisect = None if (scenario.idle_connections or scenario.overload or not searched) else options.bisect
     duration = 0 if scenario.idle_connections else options.duration
     report: dict[str, Any] = {}
     steps: list[dict] = []
@@ -532,7 +554,37 @@ def summarize(config: Config, scenario: Scenario, cores: Cores, report: dict) ->
             "generator_cpu": steady["generator_cpu"],
             "generator_saturated": steady["generator_saturated"],
         }
-    phases = [p for p in (setup, steady) if p]
+    overload = report.get("overload")
+    if overload:
+        probe = overload["probe"]
+        row |= {
+            "overload_rate": overload["rate"],
+            "overload_secs": overload["secs"],
+            "overload_achieved_rate": overload["achieved_rate"],
+            "overload_sent": overload["sent"] + probe["sent"],
+            "overload_delivered": overload["delivered"] + probe["delivered"],
+            # lost: not delivered once to its target by the end of the drain, or refused
+            "overload_lost": sum(p["undelivered"] + p["misdelivered"] + p["duplicates"] for p in (overload, probe)),
+            "overload_errors": sum(sum(p["errors"].values()) for p in (overload, probe)),
+            "overload_closes": overload["closes"] + probe["closes"],
+            "overload_connections_closed": overload["connections"] - overload["connections_open"],
+            "overload_relay_p50_ms": overload["relay_p50_ms"],
+            "overload_relay_p99_ms": overload["relay_p99_ms"],
+            "overload_server_cpu_ms_per_1k": overload["server_cpu_ms_per_1k"],
+            "overload_backlog_secs": overload["backlog_secs"],
+            "overload_generator_cpu": overload["generator_cpu"],
+            "overload_generator_saturated": overload["generator_saturated"],
+            "overload_rss_before_kb": overload["server_rss_before_kb"],
+            "overload_rss_peak_kb": overload["server_rss_peak_kb"],
+            "overload_rss_after_kb": overload["server_rss_after_kb"],
+            "probe_rate": probe["rate"],
+            "probe_secs": probe["secs"],
+            "probe_achieved_rate": probe["achieved_rate"],
+            "probe_relay_p99_ms": probe["relay_p99_ms"],
+            "recovery_secs": probe["recovery_secs"],
+            "probe_windows": [[w["from_secs"], w["relay_p99_ms"], w["sent"], w["delivered"]] for w in probe["windows"]],
+        }
+    phases = [p for p in (setup, steady, overload, overload and overload["probe"]) if p]
     for key in ("sent", "delivered", "misdelivered", "duplicates", "undelivered"):
         row[key] = sum(p[key] for p in phases)
     totals = report.get("totals") or {}
@@ -647,6 +699,40 @@ IDLE_COLUMNS = [
 ]
 
 
+def mb(kb: Any) -> str:
+    return "—" if kb is None else f"{kb / 1024:,.1f}"
+
+
+def recovery_text(row: dict) -> str:
+    if row.get("recovery_secs") is None:
+        return f"> {fmt(row.get('probe_secs'))} s" if row.get("probe_secs") is not None else "—"
+    return f"{fmt(float(row['recovery_secs']), 2)} s"
+
+
+OVERLOAD_COLUMNS = [
+    ("server", lambda r: r["server"]),
+    ("proc", lambda r: str(r["processes"])),
+    ("framing", lambda r: r.get("framing", "native")),
+    ("overload rate (achieved) x s", lambda r: f"{fmt(r.get('overload_rate'))} ({fmt(r.get('overload_achieved_rate'))})"
+                                              f" x {fmt(r.get('overload_secs'))}"),
+    ("sent = delivered (with the probe)", lambda r: f"{fmt(r.get('overload_sent'))} "
+                                                   f"{'=' if r.get('overload_lost') == 0 else '≠'} "
+                                                   f"{fmt(r.get('overload_delivered'))}"),
+    ("lost ; errors ; closed", lambda r: f"{fmt(r.get('overload_lost'))} ; {fmt(r.get('overload_errors'))} ; "
+                                        f"{fmt(r.get('overload_closes'))}"),
+    ("relay p50 / p99 ms", lambda r: pair(r.get("overload_relay_p50_ms"), r.get("overload_relay_p99_ms"))),
+    ("backlog worked off after", lambda r: f"{fmt(r.get('overload_backlog_secs'), 2)} s"),
+    ("server RSS MB before / peak / after", lambda r: f"{mb(r.get('overload_rss_before_kb'))} / "
+                                                     f"{mb(r.get('overload_rss_peak_kb'))} / "
+                                                     f"{mb(r.get('overload_rss_after_kb'))}"),
+    ("probe rate ; p99 ms", lambda r: f"{fmt(r.get('probe_rate'))} ; {fmt(r.get('probe_relay_p99_ms'))}"),
+    ("p99 < limit again after", recovery_text),
+    ("generator CPU", lambda r: generator_text({"generator_cpu": r.get("overload_generator_cpu"),
+                                                "generator_saturated": r.get("overload_generator_saturated")})),
+    ("other load, cores", lambda r: fmt(r.get("foreign_cpu_cores"), 2)),
+]  # fmt: skip
+
+
 def markdown(columns: list, rows: list[dict]) -> list[str]:
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -707,11 +793,14 @@ IDLE_RATIO_COLUMNS = [
 
 
 def table(rows: list[dict]) -> str:
-    scenario_rows = [r for r in rows if r["scenario"] != "idle"]
+    scenario_rows = [r for r in rows if r["scenario"] not in ("idle", "overload")]
     idle_rows = [r for r in rows if r["scenario"] == "idle"]
+    overload_rows = [r for r in rows if r["scenario"] == "overload"]
     lines = markdown(SCENARIO_COLUMNS, scenario_rows) if scenario_rows else []
     if idle_rows:
         lines += ["", *markdown(IDLE_COLUMNS, idle_rows)]
+    if overload_rows:
+        lines += ["", *markdown(OVERLOAD_COLUMNS, overload_rows)]
     compared = [r for r in scenario_rows if "ratio_to_ref_node" in r]
     if compared:
         lines += ["", "Compared with ref-node in this run (server CPU; Redis's not included):", ""]
@@ -730,6 +819,12 @@ def progress(row: dict) -> str:
         return f"problem: {row['problem']}"
     if row["scenario"] == "idle":
         text = f"{fmt(row['connections'])} connections, {fmt(row['rss_per_connection_kb'])} KB each"
+    elif row["scenario"] == "overload":
+        text = (
+            f"overload {fmt(row.get('overload_achieved_rate'))} msg/s: lost {fmt(row.get('overload_lost'))},"
+            f" closed {fmt(row.get('overload_closes'))}; RSS {mb(row.get('overload_rss_before_kb'))} →"
+            f" {mb(row.get('overload_rss_peak_kb'))} MB; p99 < limit again after {recovery_text(row)}"
+        )
     else:
         text = (
             f"setup {fmt(row.get('setup_server_cpu_ms_per_1k'))} CPU ms / 1k relays; steady p99"
@@ -764,6 +859,409 @@ def machine() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
 
 
+# ---------------------------------------------------------------- targets
+
+# What --targets runs: every figure that the targets below compare, and nothing more.
+# Bisections only where a target reads the highest rate held (S2 on one process) or the
+# CPU per relay at it (daphne, one process and two).
+TARGET_CONFIGS = [
+    Config("daphne", 1, "native", ("S1", "S2", "idle", "overload"), bisect=("S1", "S2")),
+    Config("uvicorn", 1, "native", ("S1", "S2", "idle", "overload"), bisect=("S2",)),
+    Config("daphne", 1, "socketio", ("S1", "S2"), bisect=()),
+    Config("uvicorn", 1, "socketio", ("S1", "S2"), bisect=()),
+    Config("daphne", 2, "native", ("S1", "S2"), bisect=("S1", "S2")),
+    Config(REF_NODE, 1, "socketio", ("S1", "S2", "idle", "overload"), bisect=("S2",)),
+]
+QUICK_TARGETS_BISECT = "1000:4000"  # --targets --quick: a short search, to exercise it
+QUICK_TARGETS_STEP_SECS = 1.0
+# The highest CPU per relay (setup and steady, S1 and S2), as a multiple of ref-node's.
+CPU_RATIO_TARGETS = {
+    ("native", "uvicorn"): 0.75,
+    ("native", "daphne"): 1.4,
+    ("socketio", "uvicorn"): 0.9,
+    ("socketio", "daphne"): 1.6,
+}
+HELD_RATE_TARGETS = {"uvicorn": 20000, "daphne": 12000}  # S2, one process, msg/s
+LATENCY_TARGET_MS = 50.0  # setup relay p50, join p99, and the probe's p99 after an overload
+REDIS_CPU_RATIO_TARGET = 1.6  # two processes + Redis against one, daphne, CPU per relay
+RSS_TARGET_KB = 25.0  # per idle connection, one process
+# "Bounded" RSS under overload: the peak at most this multiple of the RSS before it.
+# Holding the overload's excess in the server would take far more (S2 at 40,000 msg/s for
+# 10 s is 400,000 frames of about 300 bytes).
+OVERLOAD_RSS_BOUND = 1.5
+RECOVERY_TARGET_SECS = 5.0  # the probe's p99 back under 50 ms after the load ended
+TARGET_SERVERS = ("uvicorn", "daphne")
+
+OPS: dict[str, Callable[[float, float], bool]] = {
+    "≤": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+    "≥": lambda a, b: a >= b,
+    "=": lambda a, b: a == b,
+}
+
+
+@dataclasses.dataclass
+class TargetRow:
+    """One target: the project's figure, the reference's (ref-node's in the same run; for
+    the Redis target, one process's), their ratio, and whether the target is met. The
+    limit applies to the figure, to the ratio (``on_ratio``), or to ``checked`` (a value
+    derived from the row, described by ``checked_as``)."""
+
+    target: int
+    what: str
+    server: str
+    processes: int
+    framing: str
+    scenario: str
+    figure: float | None
+    reference_figure: float | None
+    op: str
+    limit: float
+    unit: str = ""
+    on_ratio: bool = False
+    checked: float | None = None
+    checked_as: str = ""  # e.g. "peak / before"
+    reference: str = REF_NODE
+    figure_text: str | None = None
+    reference_text: str | None = None
+    missing_fails: bool = False  # a missing figure is a failure (no rate held, no recovery)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.figure is None or not self.reference_figure:
+            return None
+        return round(self.figure / self.reference_figure, 2)
+
+    @property
+    def met(self) -> bool | None:
+        value = self.ratio if self.on_ratio else (self.checked if self.checked_as else self.figure)
+        if value is None:
+            return False if self.missing_fails else None
+        return OPS[self.op](value, self.limit)
+
+    @property
+    def criterion(self) -> str:
+        if self.on_ratio:
+            return f"{self.op} {self.limit:,g}x {self.reference}"
+        if self.checked_as:
+            return f"{self.checked_as} {self.op} {self.limit:,g}"
+        return f"{self.op} {self.limit:,g}{' ' + self.unit if self.unit else ''}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "what": self.what,
+            "server": self.server,
+            "processes": self.processes,
+            "framing": self.framing,
+            "scenario": self.scenario,
+            "figure": self.figure,
+            "unit": self.unit,
+            "reference": self.reference,
+            "reference_figure": self.reference_figure,
+            "ratio": self.ratio,
+            "criterion": self.criterion,
+            "checked": None if self.checked is None else round(self.checked, 3),
+            "met": self.met,
+            "notes": self.notes,
+        }
+
+
+def row_notes(row: dict | None, label: str = "") -> list[str]:
+    """What makes a run's figures missing or suspect."""
+    prefix = f"{label}: " if label else ""
+    if row is None:
+        return [f"{prefix}not run"]
+    notes = []
+    if row.get("problem"):
+        notes.append(f"{prefix}{str(row['problem'])[:60]}")
+    if row.get("servers_died"):
+        notes.append(f"{prefix}server died")
+    spoilt = {"undelivered": row.get("undelivered"), "misdelivered": row.get("misdelivered"),
+              "duplicated": row.get("duplicates")}  # fmt: skip
+    notes += [f"{prefix}{fmt(n)} {what}" for what, n in spoilt.items() if n]
+    if (row.get("foreign_cpu_cores") or 0) > FOREIGN_LOAD_WARNING:
+        notes.append(f"{prefix}other load {row['foreign_cpu_cores']:.2f} cores")
+    return notes
+
+
+def held_rate(row: dict | None) -> float | None:
+    """The highest rate held; 0 when the search ran and no rate held."""
+    if row is None or "max_rate_held" not in row:
+        return None
+    return row["max_rate_held"] or 0
+
+
+def closed_count(row: dict | None) -> int | None:
+    """Connections closed by the server during the overload and the probe, or found
+    closed after them."""
+    if row is None or row.get("overload_closes") is None:
+        return None
+    return max(row["overload_closes"], row.get("overload_connections_closed") or 0)
+
+
+def build_targets(rows: list[dict], catalogue: dict[str, Scenario]) -> list[TargetRow]:
+    """The targets report of a --targets run, from its rows (TARGET_CONFIGS)."""
+
+    def find(server: str, framing: str, scenario: str, processes: int = 1) -> dict | None:
+        key = (server, framing, scenario, processes)
+        return next((r for r in rows if (r["server"], r["framing"], r["scenario"], r["processes"]) == key), None)
+
+    def get(row: dict | None, key: str) -> Any:
+        return None if row is None else row.get(key)
+
+    ref = {name: find(REF_NODE, "socketio", name) for name in ("S1", "S2", "idle", "overload")}
+    out: list[TargetRow] = []
+
+    def add(
+        row: dict | None,
+        reference_row: dict | None,
+        key: str | None = None,
+        /,
+        reference_label: str = REF_NODE,
+        **fields: Any,
+    ) -> TargetRow:
+        """One target row; ``key``: the figure (of the row and of the reference row)."""
+        if key is not None:
+            fields |= {"figure": get(row, key), "reference_figure": get(reference_row, key)}
+        fields.setdefault("processes", 1)
+        fields.setdefault("framing", "native")
+        target = TargetRow(**fields)
+        target.notes = row_notes(row) + row_notes(reference_row, reference_label) + target.notes
+        out.append(target)
+        return target
+
+    # 1, 2: CPU per 1k relays against ref-node's, setup and steady, S1 and S2.
+    for number, framing in ((1, "native"), (2, "socketio")):
+        for server in TARGET_SERVERS:
+            for name in ("S1", "S2"):
+                row = find(server, framing, name)
+                for phase in ("setup", "steady"):
+                    target = add(
+                        row,
+                        ref[name],
+                        f"{phase}_server_cpu_ms_per_1k",
+                        target=number,
+                        what=f"{phase} CPU ms / 1k relays",
+                        server=server,
+                        framing=framing,
+                        scenario=name,
+                        op="≤",
+                        limit=CPU_RATIO_TARGETS[(framing, server)],
+                        on_ratio=True,
+                    )
+                    if phase == "steady" and get(row, "generator_saturated"):
+                        target.notes.append("generator saturated")
+
+    # 3: the highest S2 rate held on one process (every message delivered, p99 under
+    # 50 ms), and the setup relays' p50.
+    for server in TARGET_SERVERS:
+        row = find(server, "native", "S2")
+        target = add(
+            row,
+            ref["S2"],
+            target=3,
+            what="steady rate held, msg/s (all delivered, p99 < 50 ms)",
+            server=server,
+            scenario="S2",
+            figure=held_rate(row),
+            reference_figure=held_rate(ref["S2"]),
+            op="≥",
+            limit=HELD_RATE_TARGETS[server],
+            unit="msg/s",
+            figure_text=held_text(row) if row else None,
+            reference_text=held_text(ref["S2"]) if ref["S2"] else None,
+        )
+        if row is not None and row.get("bisect_range") and held_rate(row) == row["bisect_range"][1]:
+            target.notes.append("every step held: the search range is the limit")
+    for server in TARGET_SERVERS:
+        for name in ("S1", "S2"):
+            add(
+                find(server, "native", name),
+                ref[name],
+                "setup_relay_p50_ms",
+                target=3,
+                what="setup relay p50, ms",
+                server=server,
+                scenario=name,
+                op="<",
+                limit=LATENCY_TARGET_MS,
+                unit="ms",
+            )
+
+    # 4: two processes with Redis against one (daphne): CPU per relay at the rate held,
+    # Redis's included.
+    for name in ("S1", "S2"):
+        one, two = find("daphne", "native", name), find("daphne", "native", name, processes=2)
+        cpu_two = figure_text = reference_text = None
+        if two is not None and two.get("held_server_cpu_ms_per_1k") is not None:
+            server_cpu, redis_cpu = two["held_server_cpu_ms_per_1k"], two.get("held_redis_cpu_ms_per_1k") or 0
+            cpu_two = round(server_cpu + redis_cpu, 1)
+            rate = fmt(two["max_rate_held"])
+            figure_text = f"{fmt(cpu_two)} ({fmt(server_cpu)} + Redis {fmt(redis_cpu)}; at {rate} msg/s)"
+        if one is not None and one.get("held_server_cpu_ms_per_1k") is not None:
+            rate = fmt(one["max_rate_held"])
+            reference_text = f"daphne x1: {fmt(one['held_server_cpu_ms_per_1k'])} (at {rate} msg/s)"
+        add(
+            two,
+            one,
+            reference_label="daphne x1",
+            target=4,
+            what="CPU ms / 1k relays at the rate held (Redis's included)",
+            server="daphne",
+            processes=2,
+            scenario=name,
+            figure=cpu_two,
+            reference_figure=get(one, "held_server_cpu_ms_per_1k"),
+            op="≤",
+            limit=REDIS_CPU_RATIO_TARGET,
+            on_ratio=True,
+            reference="daphne x1",
+            figure_text=figure_text,
+            reference_text=reference_text,
+        )
+
+    # 5: RSS per idle connection, one process.
+    for server in TARGET_SERVERS:
+        row = find(server, "native", "idle")
+        connections = get(row, "connections") or catalogue["idle"].idle_connections
+        add(
+            row,
+            ref["idle"],
+            "rss_per_connection_kb",
+            target=5,
+            what=f"idle: RSS KB / connection ({fmt(connections)} connections)",
+            server=server,
+            scenario="idle",
+            op="≤",
+            limit=RSS_TARGET_KB,
+            unit="KB",
+        )
+
+    # 6: join p99 at 100 joins/s.
+    for server in TARGET_SERVERS:
+        for name in ("S1", "S2"):
+            add(
+                find(server, "native", name),
+                ref[name],
+                "join_p99_ms",
+                target=6,
+                what="join p99, ms, at 100 joins/s",
+                server=server,
+                scenario=name,
+                op="<",
+                limit=LATENCY_TARGET_MS,
+                unit="ms",
+            )
+
+    # 7: the overload, and the probe after it.
+    reference = ref["overload"]
+    for server in TARGET_SERVERS:
+        row = find(server, "native", "overload")
+        overload_rate = get(row, "overload_rate") or catalogue["overload"].rate
+        label = f"overload, {fmt(overload_rate)} msg/s for {fmt(get(row, 'overload_secs'))} s"
+        common: dict[str, Any] = {"target": 7, "server": server, "scenario": "overload"}
+
+        def lost_text(r: dict | None) -> str | None:
+            if r is None or r.get("overload_lost") is None:
+                return None
+            return f"{fmt(r['overload_lost'])} of {fmt(r['overload_sent'])}"
+
+        add(
+            row,
+            reference,
+            "overload_lost",
+            **common,
+            what=f"{label}: messages lost",
+            op="=",
+            limit=0,
+            figure_text=lost_text(row),
+            reference_text=lost_text(reference),
+            notes=["generator saturated"] if get(row, "overload_generator_saturated") else [],
+        )
+        add(
+            row,
+            reference,
+            **common,
+            what=f"{label}: connections closed",
+            figure=closed_count(row),
+            reference_figure=closed_count(reference),
+            op="=",
+            limit=0,
+        )
+
+        def rss_text(r: dict | None) -> str | None:
+            peak, before = get(r, "overload_rss_peak_kb"), get(r, "overload_rss_before_kb")
+            return None if peak is None or not before else f"{mb(peak)} (before {mb(before)}: {peak / before:.2f}x)"
+
+        def peak_mb(r: dict | None) -> float | None:
+            peak = get(r, "overload_rss_peak_kb")
+            return None if peak is None else round(peak / 1024, 1)
+
+        peak, before = get(row, "overload_rss_peak_kb"), get(row, "overload_rss_before_kb")
+        add(
+            row,
+            reference,
+            **common,
+            what=f"{label}: server RSS peak, MB",
+            figure=peak_mb(row),
+            reference_figure=peak_mb(reference),
+            op="≤",
+            limit=OVERLOAD_RSS_BOUND,
+            unit="MB",
+            checked=peak / before if peak is not None and before else None,
+            checked_as="peak / before",
+            figure_text=rss_text(row),
+            reference_text=rss_text(reference),
+        )
+        add(
+            row,
+            reference,
+            "recovery_secs",
+            **common,
+            what=f"{label}: relay p99 < 50 ms again after, s",
+            op="≤",
+            limit=RECOVERY_TARGET_SECS,
+            unit="s",
+            # no recovery within the probe is a failure, not a missing figure
+            missing_fails=row is not None and row.get("probe_secs") is not None,
+            figure_text=recovery_text(row) if row else None,
+            reference_text=recovery_text(reference) if reference else None,
+        )
+    return out
+
+
+def met_text(met: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "not measured"}[met]
+
+
+TARGET_COLUMNS: list[tuple[str, Callable[[TargetRow], str]]] = [
+    ("#", lambda t: str(t.target)),
+    ("target", lambda t: t.what),
+    ("server", lambda t: f"{t.server}{f' x{t.processes}' if t.processes > 1 else ''}, {t.framing}"),
+    ("scen.", lambda t: t.scenario),
+    ("figure", lambda t: t.figure_text or fmt(t.figure)),
+    ("ref-node, same run", lambda t: t.reference_text or fmt(t.reference_figure)),
+    ("ratio", lambda t: "—" if t.ratio is None else f"{t.ratio:.2f}x"),
+    ("target", lambda t: t.criterion),
+    ("met", lambda t: met_text(t.met)),
+    ("notes", lambda t: "; ".join(t.notes)),
+]
+
+
+def targets_table(targets: list[TargetRow]) -> str:
+    lines = ["| " + " | ".join(name for name, _ in TARGET_COLUMNS) + " |", "|" + "---|" * len(TARGET_COLUMNS)]
+    lines += ["| " + " | ".join(cell(t) for _, cell in TARGET_COLUMNS) + " |" for t in targets]
+    return "\n".join(lines)
+
+
+def targets_json(targets: list[TargetRow], quick: bool) -> str:
+    verdicts = [t.met for t in targets]
+    summary = {"met": verdicts.count(True), "not_met": verdicts.count(False), "not_measured": verdicts.count(None)}
+    return json.dumps({"targets": [t.as_json() for t in targets], "quick": quick, **summary}, ensure_ascii=False)
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -794,11 +1292,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="DIR",
         help="a directory with server.js, a Node + Socket.IO implementation of the protocol\n"
         "(PORT, JWT_SECRET; dependencies from bench/package.json): it runs in the same\n"
-        "invocation, and every figure is also given as a ratio to its own",
+        "invocation, and every figure is also given as a ratio to its own\n"
+        "(with --targets: default $REF_NODE_DIR)",
     )
     parser.add_argument("--processes", type=int, default=1, help="N > 1: N processes sharing a fresh redis-server")
-    parser.add_argument("--scenarios", default="S1,S2", help="comma-separated: S1, S2, idle")
+    parser.add_argument("--scenarios", default="S1,S2", help="comma-separated: S1, S2, idle, overload")
     parser.add_argument("--matrix", action="store_true", help="the reference set of docs/benchmarks.md")
+    parser.add_argument(
+        "--targets",
+        action="store_true",
+        help="what the performance targets need, beside ref-node (--ref-node or $REF_NODE_DIR),\n"
+        "ending with the targets report (a table and one JSON line)",
+    )
     parser.add_argument("--quick", action="store_true", help="small rooms and rates, no bisection: a smoke run")
     parser.add_argument("--rate", type=int, help="steady rate (msg/s) instead of the scenario's")
     parser.add_argument("--duration", type=float, help="seconds of steady phase (default 10; quick 2)")
@@ -816,7 +1321,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     unknown = set(args.scenarios.split(",")) - set(SCENARIOS)
     if unknown:
-        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: use S1, S2, idle")
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}: use {', '.join(SCENARIOS)}")
+    if args.targets:
+        # The targets fix the configurations, the scenarios and their parameters.
+        fixed = ["server", "processes", "framing", "scenarios", "matrix", "rate", "duration", "join_rate",
+                 "no_bisect", "p99_limit_ms", "idle_connections", "idle_rooms_of", "deflate"]  # fmt: skip
+        given = [name for name in fixed if getattr(args, name) != parser.get_default(name)]
+        if given:
+            parser.error(f"--targets runs its own configurations: drop --{', --'.join(given).replace('_', '-')}")
+        if args.ref_node is None and os.environ.get("REF_NODE_DIR"):
+            args.ref_node = Path(os.environ["REF_NODE_DIR"])
+        if args.ref_node is None:
+            parser.error("--targets needs ref-node: --ref-node DIR, or REF_NODE_DIR in the environment")
+        if args.quick:
+            # A smoke run of the targets: a short search, so that its figures are exercised too.
+            if args.bisect_range == parser.get_default("bisect_range"):
+                args.bisect_range = QUICK_TARGETS_BISECT
+            if args.step_secs == parser.get_default("step_secs"):
+                args.step_secs = QUICK_TARGETS_STEP_SECS
     unknown = set(args.server.split(",")) - set(SERVER_KINDS)
     if unknown:
         parser.error(f"unknown server(s) {', '.join(sorted(unknown))}: use {', '.join(SERVER_KINDS)}")
@@ -833,6 +1355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def plan_configs(args: argparse.Namespace) -> list[Config]:
     """The configurations of an invocation, in order; ref-node, when given, last, on the
     scenarios of all the others."""
+    if args.targets:
+        return list(TARGET_CONFIGS)
     framings = list(dict.fromkeys(args.framing.split(",")))
     if args.matrix:
         kinds = [(kind, n, tuple(names)) for kind, n, names in MATRIX]
@@ -855,10 +1379,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     catalogue = QUICK if args.quick else SCENARIOS
     lo, _, hi = args.bisect_range.partition(":")
+    # --quick runs no bisection, except for the targets (a short one, see parse_args)
+    bisect = None if (args.no_bisect or (args.quick and not args.targets)) else (int(lo), int(hi))
     options = Options(
         duration=args.duration if args.duration is not None else (2.0 if args.quick else 10.0),
         join_rate=args.join_rate,
-        bisect=None if (args.no_bisect or args.quick) else (int(lo), int(hi)),
+        bisect=bisect,
         step_secs=args.step_secs,
         p99_limit_ms=args.p99_limit_ms,
         deflate=args.deflate,
@@ -931,6 +1457,15 @@ def main(argv: list[str] | None = None) -> int:
             print()
             for row in rows:
                 print(json.dumps(row))
+            if args.targets:
+                print()
+                title = "Targets" + (" (--quick: small scenarios and steps, not a measurement)" if args.quick else "")
+                print(f"{title}: ref-node measured in this run; server CPU on its core, the generator on another.")
+                print()
+                targets = build_targets(rows, catalogue)
+                print(targets_table(targets))
+                print()
+                print(targets_json(targets, args.quick))
     failed = [r for r in rows if r.get("problem") or r.get("misdelivered") or r.get("duplicates")]
     return 1 if failed else 0
 
