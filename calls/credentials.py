@@ -62,7 +62,8 @@ async def sweep(now: float | None = None) -> None:
                 "closing: %s %s", "authentication expired" if expired else "user inactive", caller.log_context()
             )
             revoked.append(caller.channel_name)
-        elif caller.group_id is not None and (caller.user_id, caller.group_id) not in memberships:
+        elif (pair := (caller.user_id, caller.group_id)) in in_groups and pair not in memberships:
+            # Only a room asked about: one joined during the query is not a removal.
             await services.remove_from_group_room(caller)
     if revoked:
         await delivery.close(revoked, CloseCode.UNAUTHENTICATED)

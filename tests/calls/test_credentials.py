@@ -5,7 +5,9 @@ a group while connected (docs/protocol.md §2); and the per-user caps on connect
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import threading
 from typing import Any
 
 import pytest
@@ -122,6 +124,32 @@ async def test_a_user_removed_from_the_group_leaves_its_rooms_as_removed(
     await goes.round_trip()  # still connected, and may join elsewhere
     assert (await goes.join("elsewhere"))["participantCount"] == 1
     await stays.round_trip()
+
+
+async def test_a_group_room_joined_while_the_sweep_asks_is_not_a_removal(
+    connect: ConnectFactory, alice: User, bob: User, team: Group, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep asks about the rooms its connections are in when it starts; one that
+    joins a group room while the answer is awaited is not in that answer, and stays."""
+    joiner = await connect(alice)
+    await (await connect(bob)).join("team-call", metadata={"groupId": team.pk})
+    asked = threading.Event()
+    answer = threading.Event()
+    still_valid = credentials._still_valid
+
+    def held(*args: Any) -> Any:
+        asked.set()
+        assert answer.wait(10), "the test never let the sweep's lookup answer"
+        return still_valid(*args)
+
+    monkeypatch.setattr(credentials, "_still_valid", held)
+    sweep = asyncio.create_task(credentials.sweep())
+    assert await asyncio.to_thread(asked.wait, 10)
+    await joiner.join("team-call", metadata={"groupId": team.pk})  # on the other lookup thread
+    answer.set()
+    await sweep
+
+    await joiner.round_trip()  # no room-left came before it
 
 
 async def test_a_connection_outside_any_group_room_is_left_alone(connect: ConnectFactory, alice: User) -> None:
