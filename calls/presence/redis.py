@@ -829,8 +829,9 @@ class RedisPresence(Presence):
         suspicious = route.status in (RouteStatus.NO_ROOM, RouteStatus.SENDER_NOT_IN_ROOM) and sender in self._held
         if suspicious and await self._restore_if_forgotten():
             route = await self._route_once(room_key, sender, target, forward)
-        if route.status is RouteStatus.TARGET_NOT_IN_ROOM and self._restoring():
-            # Peers may not have put their members back yet: "not found" could be false.
+        if route.status is not RouteStatus.OK and self._restoring():
+            # This process or its peers may not have put their members back yet: "not
+            # found" could be false.
             raise PresenceUnavailable("presence is being restored after Redis lost its data")
         return route
 
@@ -875,6 +876,9 @@ class RedisPresence(Presence):
             self._registered = False
             raise PresenceEvicted(channels)
         if result == 1 and self._registered:
+            # Restoring from now: registered again, but the members are back only once
+            # the restore is done, and a route meanwhile must not say "not found".
+            self._restored_at = time.monotonic()
             await self._restore_held()
             self._restored_at = time.monotonic()
             logger.warning("Redis had lost this process's %d members; restored them", len(self._held))
