@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, Page, Request, expect
 
-from tests.e2e.conftest import DEMO_GROUP, DESKTOP, JOIN_BUTTON, MESH_CONNECTED, REMOTE_VIDEOS_PLAYING
+from tests.e2e.conftest import DEMO_GROUP, DESKTOP, join_demo_group, mesh_of, remote_names
 from tests.e2e.test_browser_call import PageErrors, signed_in_page
 from tests.servers import Server, demo_server
 
@@ -60,21 +60,8 @@ class LiveRequests:
 
 async def in_call(browser: Browser, server: Server, username: str, errors: PageErrors, **context: Any) -> Page:
     page = await signed_in_page(browser, server, username, errors, **(context or {"viewport": DESKTOP}))
-    await page.get_by_label("Call", exact=True).select_option(label=DEMO_GROUP)
-    await page.get_by_role("button", name=JOIN_BUTTON).click()
-    await expect(page.locator("#call")).to_be_visible()
+    await join_demo_group(page)
     return page
-
-
-async def mesh_of(pages: list[Page]) -> None:
-    """Every page connected to every other one, their videos playing."""
-    for page in pages:
-        await page.wait_for_function(MESH_CONNECTED, arg=len(pages) - 1)
-        await page.wait_for_function(REMOTE_VIDEOS_PLAYING, arg=len(pages) - 1)
-
-
-async def remote_names(page: Page) -> list[str]:
-    return sorted(await page.locator(".tile.remote .name").all_inner_texts())
 
 
 async def test_the_lobby_lists_a_live_call_with_its_people_joins_it_and_drops_it_when_it_ends(
