@@ -115,3 +115,52 @@ async def test_a_failing_receiver_neither_stops_the_others_nor_the_history(
         signals.participant_joined.disconnect(broken)
     assert "participant_joined" in names(received)
     assert await CallParticipant.objects.filter(call__room_id="robust").acount() == 1
+
+
+def test_a_departure_whose_join_was_never_written_is_recorded_whole(
+    alice: User, bob: User, received: list[tuple[str, Any]]
+) -> None:
+    """A process killed between a join and its history batch never wrote that join; the
+    process that reaps the participant as ``lost`` writes it, with its session, from
+    presence, and tells each signal once."""
+    from calls import history
+    from calls.presence.base import Departure, Member, Participant, RoomSession
+    from calls.protocol import LeaveReason
+
+    joined_at = "2026-12-01T10:00:00.000Z"
+    session = RoomSession(
+        room_id="never-written",
+        session_id="s-never-written",
+        metadata={"callType": "audio", "createdBy": str(alice.pk), "createdAt": joined_at},
+    )
+    lost, stays = (
+        Participant(f"sock-{user.pk}", str(user.pk), user.username, display_name="", joined_at=joined_at)
+        for user in (bob, alice)
+    )
+    departure = Departure(session, lost, (Member(stays, "chan-alice"),))
+    leave = {"departure": departure, "reason": LeaveReason.LOST, "counts": history.RelayCounts()}
+
+    history._apply([(history.record_leave, leave)])
+
+    call = CallRoom.objects.get(session_id="s-never-written")
+    assert (call.room_id, call.call_type, call.created_by_id, call.ended_at) == (
+        "never-written",
+        "audio",
+        alice.pk,
+        None,
+    )
+    assert call.peak_participants == 2
+    row = CallParticipant.objects.get(call=call)
+    assert (row.user_id, row.socket_id, row.leave_reason) == (bob.pk, lost.socket_id, "lost")
+    assert row.joined_at.isoformat() == "2026-12-01T10:00:00+00:00" and row.left_at is not None
+    assert names(received) == ["call_started", "participant_joined", "participant_left"]
+
+    # The same departure again (a reap repeated) writes and tells nothing more.
+    history._apply([(history.record_leave, leave)])
+    assert list(CallParticipant.objects.filter(call=call).values_list("pk", "left_at")) == [(row.pk, row.left_at)]
+    assert names(received) == ["call_started", "participant_joined", "participant_left"]
+
+    # The join's own batch, late, finds the row there and leaves it alone.
+    history._apply([(history.record_join, {"session": session, "participant": lost, "member_count": 2})])
+    assert list(CallParticipant.objects.filter(call=call).values_list("pk", "left_at")) == [(row.pk, row.left_at)]
+    assert names(received) == ["call_started", "participant_joined", "participant_left"]

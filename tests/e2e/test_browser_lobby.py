@@ -33,11 +33,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 class LiveRequests:
-    """The page's requests of the live calls: how many, and the most ever out at once."""
+    """The page's requests of the live calls: how many, and the most ever out at once.
+    Only requests sent once this watches count: one already out when it starts (the
+    lobby's first) would finish without having been seen to start."""
 
     def __init__(self, page: Page) -> None:
         self.count = 0
-        self.out = 0
+        self.out: set[Request] = set()
         self.most_out = 0
         page.on("request", self._sent)
         page.on("requestfinished", self._done)
@@ -50,12 +52,11 @@ class LiveRequests:
     def _sent(self, request: Request) -> None:
         if self._is_live(request):
             self.count += 1
-            self.out += 1
-            self.most_out = max(self.most_out, self.out)
+            self.out.add(request)
+            self.most_out = max(self.most_out, len(self.out))
 
     def _done(self, request: Request) -> None:
-        if self._is_live(request):
-            self.out -= 1
+        self.out.discard(request)
 
 
 async def in_call(browser: Browser, server: Server, username: str, errors: PageErrors, **context: Any) -> Page:
