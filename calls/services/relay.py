@@ -44,7 +44,7 @@ async def relay(caller: Caller, request: Offer | Answer | IceCandidate) -> None:
     if local is not None and caller.room_id == request.callRoomId and local.room_key == caller.room_key:
         # Both ends are connections of this process, which applies every join and leave
         # of its own connections, so it knows their rooms exactly: no need to ask
-        # presence (with Redis, a round trip: two daphnes, S1 steady 479 -> 445 ms per 1k).
+        # presence (with Redis, a round trip; docs/benchmarks.md has the figures).
         undelivered = 0 if delivery.deliver_here(local.socket_id, relayed) else 1
     else:
         # With Redis, presence publishes to other processes as it routes.
