@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.servers import Server, demo_server
+from tests.socketio_raw import RawWebsocket, decode_event, event_packet
 from tests.wsclient import WsClient
 
 FLOOD_FRAMES = 5000
@@ -153,3 +154,102 @@ async def test_frames_for_a_client_that_stops_reading_are_refused_to_their_sende
     assert server.process.poll() is None
     await alice.close()
     await bob.close()
+
+
+SENDERS = 4
+FRAMES_PER_SENDER = 1500  # each sender's burst is far over one mailbox's capacity (100)
+
+
+class Endpoint:
+    """One connection on either endpoint, as far as this test needs: send an event, read
+    the next one (event name and data), as docs/protocol.md §1 frames it on each."""
+
+    def __init__(self, native: WsClient | None = None, sio: RawWebsocket | None = None) -> None:
+        self.native, self.sio = native, sio
+
+    @classmethod
+    async def open(cls, server: Server, framing: str, user: str) -> Endpoint:
+        if framing == "native":
+            return cls(native=await WsClient.open(server.ws, server.token(user)))
+        sio = await RawWebsocket.open(server.port)
+        await sio.connect({"token": server.token(user)})
+        return cls(sio=sio)
+
+    @property
+    def socket_id(self) -> str:
+        return self.native.socket_id if self.native is not None else self.sio.socket_id  # type: ignore[union-attr]
+
+    def frame(self, event: str, data: dict) -> str:
+        return json.dumps({"event": event, "data": data}) if self.native is not None else event_packet(event, data)
+
+    async def send_raw(self, frame: str) -> None:
+        if self.native is not None:
+            await self.native.connection.send(frame)
+        else:
+            await self.sio.send(frame)  # type: ignore[union-attr]
+
+    async def next_event(self) -> tuple[str, dict]:
+        if self.native is not None:
+            frame = await self.native.receive(timeout=DEADLINE_SECS)
+            return frame["event"], frame["data"]
+        return decode_event(await self.sio.receive(timeout=DEADLINE_SECS))  # type: ignore[union-attr]
+
+    async def close(self) -> None:
+        await (self.native or self.sio).close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("framing", ["native", "socketio"])
+async def test_several_flooding_senders_to_one_recipient_lose_nothing(server: Server, framing: str) -> None:
+    """Tests that four connections each sending 1,500 candidates to one recipient as fast
+    as their sockets take them get every one delivered, in order, and none refused: each
+    connection's queued frames are handled a frame at a time among the others', so the
+    recipient's mailbox writer keeps up instead of overflowing behind a burst."""
+    room = f"many-to-one-{framing}"
+    bob = await Endpoint.open(server, framing, "bob")
+    await bob.send_raw(bob.frame("webrtc:join-room", {"callRoomId": room}))
+    assert (await bob.next_event())[0] == "webrtc:room-joined"
+    senders = [await Endpoint.open(server, framing, "alice") for _ in range(SENDERS)]
+    for sender in senders:
+        await sender.send_raw(sender.frame("webrtc:join-room", {"callRoomId": room}))
+        assert (await sender.next_event())[0] == "webrtc:room-joined"
+
+    def candidate(sender: int, i: int) -> str:
+        return f"candidate:{sender}-{i} 1 udp"
+
+    async def flood(index: int, sender: Endpoint) -> None:
+        for i in range(FRAMES_PER_SENDER):
+            data = {"callRoomId": room, "targetSocketId": bob.socket_id, "candidate": candidate(index, i)}
+            await sender.send_raw(sender.frame("webrtc:ice-candidate", data))
+        # The sentinel: frames are handled in order, so its answer comes after the answer
+        # (an error) to any candidate refused.
+        await sender.send_raw(sender.frame("webrtc:join-room", {"callRoomId": room}))
+
+    async def replies_until_sentinel(sender: Endpoint) -> list[tuple[str, dict]]:
+        replies = []
+        while (reply := await sender.next_event())[0] != "webrtc:room-joined":
+            if reply[0] != "webrtc:participant-joined":  # the senders joining after it
+                replies.append(reply)
+        return replies
+
+    async def received_by_bob() -> dict[str, list[str]]:
+        got: dict[str, list[str]] = {}
+        while sum(map(len, got.values())) < SENDERS * FRAMES_PER_SENDER:
+            event, data = await bob.next_event()
+            if event == "webrtc:ice-candidate":
+                got.setdefault(data["fromSocketId"], []).append(data["candidate"])
+        return got
+
+    bob_receives = asyncio.create_task(received_by_bob())
+    try:
+        async with asyncio.timeout(DEADLINE_SECS):
+            *_, refused = await asyncio.gather(
+                *(flood(i, s) for i, s in enumerate(senders)),
+                asyncio.gather(*(replies_until_sentinel(s) for s in senders)),
+            )
+            assert refused == [[]] * SENDERS, [r[:3] for r in refused]
+            got = await bob_receives
+    finally:
+        bob_receives.cancel()
+    assert got == {s.socket_id: [candidate(i, n) for n in range(FRAMES_PER_SENDER)] for i, s in enumerate(senders)}
+    for endpoint in (bob, *senders):
+        await endpoint.close()

@@ -177,6 +177,10 @@ class WebsocketConsumer(AsyncWebsocketConsumer):
         with contextlib.suppress(StopConsumer):
             while True:
                 await self.dispatch(await receive())
+                # As in calls.consumers: receive() does not suspend while the server holds
+                # queued frames, so yield, or a burst is handled in one go while its
+                # recipients' mailboxes, whose writers never ran, overflow.
+                await asyncio.sleep(0)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every message from the socket (without Channels' database cleanup:
