@@ -15,7 +15,7 @@ After the steady phase, a bisection finds the highest steady rate held: every me
 delivered exactly once to its target, relay p99 under 50 ms, the generator not saturated.
 
 Usage:
-    python -m bench.run [--server daphne,uvicorn,mock,ref-node] [--processes N] [--scenarios S1,S2,idle,overload]
+    python -m bench.run [--server daphne,uvicorn,granian,mock,ref-node] [--processes N] [--scenarios S1,S2,idle,overload]
                         [--framing native,socketio] [--ref-node DIR]
                         [--quick] [--no-bisect] [--matrix] [--targets] [--help for the rest]
 
@@ -123,7 +123,7 @@ QUICK = {
 OVERLOAD_DRAIN_SECS = 120  # the longest wait for an overload's backlog (the generator's)
 MATRIX = [("daphne", 1, ["S1", "S2", "idle"]), ("uvicorn", 1, ["S1", "S2", "idle"]), ("daphne", 2, ["S1", "S2"])]
 REF_NODE = "ref-node"  # the Node + Socket.IO implementation that the figures are compared with
-SERVER_KINDS = ["daphne", "uvicorn", "mock", REF_NODE]
+SERVER_KINDS = ["daphne", "uvicorn", "granian", "mock", REF_NODE]
 FRAMINGS = ["native", "socketio"]
 # The project's two endpoints; ref-node speaks Socket.IO only, the mock native frames only.
 ENDPOINTS = {"native": "/ws/calls/", "socketio": "/socket.io/?EIO=4&transport=websocket"}
@@ -371,7 +371,8 @@ def start_kind(kind: str, env: dict[str, str], cores: list[int | None], workdir:
     log_paths = [workdir / f"{kind}-{i}.log" for i in range(len(cores))]
     servers = start_servers(lambda index, port: taskset(cores[index]) + server_command(kind, port), env, log_paths)
     for server, cpu in zip(servers, cores, strict=True):
-        pin(server.process.pid, cpu)
+        for pid in server.pids():
+            pin(pid, cpu)
     return servers
 
 
@@ -422,7 +423,7 @@ def run_generator(
 ) -> dict[str, Any]:
     command = [*taskset(cpu), node(), str(LOADGEN), "--framing", framing, "--connected-on", connected_on,
         "--urls", ",".join(endpoint(s, framing) for s in servers), "--tokens", str(tokens),
-        "--pids", ",".join(str(s.process.pid) for s in servers), "--clk-tck", str(CLOCK_TICKS),
+        "--pids", ",".join(str(pid) for s in servers for pid in s.pids()), "--clk-tck", str(CLOCK_TICKS),
         "--deadline", str(round(deadline)), *args]  # fmt: skip
     if redis is not None and redis.process is not None:
         command += ["--redis-pid", str(redis.process.pid)]
@@ -475,7 +476,7 @@ def run_one(config: Config, scenario: Scenario, options: Options, workdir: Path,
             outcome = run_generator(
                 servers, redis, tokens, cores.generator, args, deadline, options, config.framing, connected_on
             )
-            ours = sum(process_cpu_secs(s.process.pid) for s in servers) + (outcome.get("generator_cpu_ms") or 0) / 1000
+            ours = sum(process_cpu_secs(pid) for s in servers for pid in s.pids()) + (outcome.get("generator_cpu_ms") or 0) / 1000
             if redis is not None and redis.process is not None:
                 ours += process_cpu_secs(redis.process.pid)
             foreign.append((machine_busy_secs() - busy_before - ours) / (time.monotonic() - started))
@@ -838,7 +839,7 @@ def progress(row: dict) -> str:
 
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for package in ("Django", "channels", "channels-redis", "daphne", "uvicorn", "websockets", "uvloop"):
+    for package in ("Django", "channels", "channels-redis", "daphne", "uvicorn", "granian", "websockets", "uvloop"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -1275,7 +1276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--server",
         default="daphne",
-        help="comma-separated: daphne, uvicorn, mock, ref-node (default daphne)\n"
+        help="comma-separated: daphne, uvicorn, granian, mock, ref-node (default daphne)\n"
         "mock: bench/mock_server.mjs, a bare relay in Node, to measure the generator itself\n"
         "ref-node: the implementation of --ref-node alone",
     )

@@ -89,6 +89,18 @@ class Server:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}/ws/calls/"
 
+    def pids(self) -> list[int]:
+        """The process and its descendants (granian serves from a worker process it
+        spawns), parents first."""
+        found = [self.process.pid]
+        for pid in found:
+            for task in Path(f"/proc/{pid}/task").glob("*/children"):
+                try:
+                    found += [int(child) for child in task.read_text().split()]
+                except FileNotFoundError:  # the thread ended meanwhile
+                    pass
+        return found
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -130,7 +142,17 @@ def uvicorn_command(port: int) -> list[str]:
             "--no-access-log", "--log-level", "warning"]  # fmt: skip
 
 
-SERVER_COMMANDS: dict[str, Callable[[int], list[str]]] = {"daphne": daphne_command, "uvicorn": uvicorn_command}
+def granian_command(port: int) -> list[str]:
+    """granian's ASGI interface, one worker (benchmarked beside daphne and uvicorn)."""
+    return [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+            "--loop", "uvloop", "--workers", "1", "--log-level", "warning", "config.asgi:application"]  # fmt: skip
+
+
+SERVER_COMMANDS: dict[str, Callable[[int], list[str]]] = {
+    "daphne": daphne_command,
+    "uvicorn": uvicorn_command,
+    "granian": granian_command,
+}
 
 
 def start_daphnes(env: dict[str, str], log_paths: list[Path]) -> list[Server]:
