@@ -1,7 +1,8 @@
 """Tests that overload holds clients back instead of growing the server or killing
 consumers (issue 7): on real daphne and uvicorn processes, a client that sends faster
-than the server relays is slowed by TCP backpressure and loses nothing, and frames for
-a client that stops reading are refused to their senders with ``internal-error`` while
+than the server relays is slowed by TCP backpressure and loses nothing, so do several
+flooding one recipient (on the native and the Socket.IO endpoint), and frames for a
+client that stops reading are refused to their senders with ``internal-error`` while
 the connections stay usable."""
 
 from __future__ import annotations
