@@ -15,8 +15,8 @@ After the steady phase, a bisection finds the highest steady rate held: every me
 delivered exactly once to its target, relay p99 under 50 ms, the generator not saturated.
 
 Usage:
-    python -m bench.run [--server daphne,uvicorn,granian,mock,ref-node] [--processes N] [--scenarios S1,S2,idle,overload]
-                        [--framing native,socketio] [--ref-node DIR]
+    python -m bench.run [--server daphne,uvicorn,granian,mock,ref-node] [--processes N]
+                        [--scenarios S1,S2,idle,overload] [--framing native,socketio] [--ref-node DIR]
                         [--quick] [--no-bisect] [--matrix] [--targets] [--help for the rest]
 
 ``--matrix`` runs the reference set of docs/benchmarks.md (daphne and uvicorn with one
@@ -476,7 +476,8 @@ def run_one(config: Config, scenario: Scenario, options: Options, workdir: Path,
             outcome = run_generator(
                 servers, redis, tokens, cores.generator, args, deadline, options, config.framing, connected_on
             )
-            ours = sum(process_cpu_secs(pid) for s in servers for pid in s.pids()) + (outcome.get("generator_cpu_ms") or 0) / 1000
+            ours = sum(process_cpu_secs(pid) for s in servers for pid in s.pids())
+            ours += (outcome.get("generator_cpu_ms") or 0) / 1000
             if redis is not None and redis.process is not None:
                 ours += process_cpu_secs(redis.process.pid)
             foreign.append((machine_busy_secs() - busy_before - ours) / (time.monotonic() - started))
