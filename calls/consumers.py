@@ -41,8 +41,8 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         them at a time at the socket, so that, as in Channels, the reply to a frame goes
         out before anything that arrived while it was handled. Channels' own loop made a
         task per message and read a channel per connection; an earlier version of this
-        one passed every client frame through the mailbox too (S1 steady on daphne,
-        alternating runs: 153-166 -> 130-147 CPU ms per 1k relays with two tasks).
+        one passed every client frame through the mailbox too (docs/benchmarks.md has
+        the figures).
         """
         self.scope = scope
         self.channel_layer = None
@@ -83,9 +83,9 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         """Called for every message from the socket.
 
         Channels' own dispatch first closes stale database connections, a hop to a
-        thread and back for every frame (150-180 µs of a relay that otherwise costs
-        about as much again). This consumer touches the database only through
-        ``database_sync_to_async``, which does the same cleanup in its own thread.
+        thread and back for every frame, about as much as the rest of a relay. This
+        consumer touches the database only through ``database_sync_to_async``, which
+        does the same cleanup in its own thread.
         """
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

@@ -16,9 +16,8 @@ class DispatchingRedisPubSubChannelLayer(RedisPubSubChannelLayer):
 
     A process's inbox (``calls.delivery``) is read by ``attach``-ing a handler: each
     message is handed over as the subscription reads it, instead of being queued for a
-    task that reads the queue, which then wakes the connection's writer. One task wake
-    less per frame from another process (``python -m bench.relay --mode pubsub``,
-    alternating runs: 0.32-0.34 -> 0.29-0.31 ms of server CPU per relay).
+    task that reads the queue, which then wakes the connection's writer: one task wake
+    less per frame from another process (docs/benchmarks.md has the figure).
     """
 
     def attach(self, channel: str, handler: Callable[[dict[str, Any]], None]) -> None:

@@ -255,8 +255,7 @@ class WebsocketAuthMiddleware:
     The session is read here rather than by Channels' ``SessionMiddleware``, which also
     wraps ``send`` for the connection's whole life to save the session on HTTP responses,
     which a websocket never sends: on every relayed frame that wrapper cost about a tenth
-    of the server's CPU (uvicorn, S1 steady, alternating runs: 133 -> 115 ms per 1k relays
-    without it).
+    of the server's CPU (docs/benchmarks.md).
     """
 
     def __init__(self, inner: Any) -> None:
