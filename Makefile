@@ -11,7 +11,7 @@ PORT ?= 8000
 
 $(VENV)/.installed-%: requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements$(if $(filter dev,$*),-dev,).txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements$(if $(filter dev,$*),-dev,).txt
 	touch $@
 
 setup: $(VENV)/.installed-run

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
+from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
@@ -43,6 +45,13 @@ class Command(BaseCommand):
     def _user(self, username: str, display_name: str) -> User:
         user, created = User.objects.get_or_create(username=username, defaults={"display_name": display_name})
         if created:
-            user.set_password(DEMO_PASSWORD)
+            user.password = _demo_password_hash()
             user.save(update_fields=["password"])
         return user
+
+
+@cache
+def _demo_password_hash() -> str:
+    """One hash for every demo user: each is a second of CPU, most of a first ``make run``'s
+    seeding."""
+    return make_password(DEMO_PASSWORD)
