@@ -154,10 +154,9 @@ def _lazy(highlight: Any) -> Any:
 
 def _defer_autobahn_debug_formatting() -> None:
     """autobahn (under daphne) formats debug lines that are not logged: it pretty-prints
-    its whole configuration on every connection (about 9% of a connection's CPU in a
-    py-spy profile of 1,500 connects), and colours the arguments of a line on every frame
-    sent and received (``hltype``/``hlval`` through click: 7% of a relaying process's
-    samples, docs/benchmarks.md). Format them only when the line is written."""
+    its whole configuration on every connection, and colours the arguments of a line on
+    every frame sent and received (``hltype``/``hlval`` through click); docs/benchmarks.md
+    has what each cost. Format them only when the line is written."""
     from autobahn.twisted import websocket as twisted_websocket
     from autobahn.websocket import protocol
 

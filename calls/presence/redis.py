@@ -620,8 +620,7 @@ class _Batched:
     """Calls of one script made in the same pass of the event loop, sent as one pipeline:
     one write to Redis and one read for all of them. A system call each way costs as much
     as the script itself on loopback, and under load many relays are routed in one pass
-    (two daphnes sharing Redis, S1 steady, alternating runs: 262-283 -> 188-190 CPU ms
-    per 1k relays, Redis 25 -> 11). A call alone in its pass goes as a plain call."""
+    (docs/benchmarks.md has the figures). A call alone in its pass goes as a plain call."""
 
     def __init__(self, redis: aioredis.Redis, script: AsyncScript) -> None:
         self.redis = redis
@@ -838,8 +837,7 @@ class RedisPresence(Presence):
     async def _route_once(self, room_key: str, sender: str, target: str | None, forward: Forward | None) -> Route:
         args: list[str | bytes] = [PREFIX, room_key, sender, target or ""]
         if forward is not None:
-            # One round trip instead of two (route, then publish): two daphnes sharing
-            # Redis, S1 steady 445 -> 291 CPU ms per 1k relays (Redis: 37 -> 25).
+            # One round trip instead of two (route, then publish).
             args += [forward.inbox, forward.message_type, forward.event, forward.data]
         reply = await self._route(args=args)
         return Route(RouteStatus(reply[0].decode()), tuple(c.decode() for c in reply[1:]))
