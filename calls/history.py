@@ -175,24 +175,23 @@ def record_join(
     """Record a join (and the departure from the previous room of a switch)."""
     if previous is not None:
         record_leave(departure=previous, reason=LeaveReason.SWITCHED_ROOM, counts=previous_counts or RelayCounts())
-    call = _joined(session, participant)
-    CallRoom.objects.filter(pk=call.pk).update(peak_participants=Greatest(F("peak_participants"), member_count))
+    _joined(session, participant, member_count)
 
 
-def _joined(session: RoomSession, participant: Participant) -> CallRoom:
-    """Create the participation row (and its session's, if it is the first) and tell
-    ``participant_joined``; returns the session's row. A row there already was written
-    by the participant's departure, recorded by another process (a kick, say) before
-    this join's batch: it stays as it is."""
+def _joined(session: RoomSession, participant: Participant, member_count: int) -> None:
+    """Create the participation row (and its session's, if it is the first), raise the
+    session's peak to ``member_count`` and tell ``participant_joined``. A row there
+    already was written by the participant's departure, recorded by another process (a
+    kick, say) before this join's batch: it stays as it is."""
     call = _session_row(session)
     row, created = CallParticipant.objects.get_or_create(
         call=call,
         socket_id=participant.socket_id,
         defaults={"user_id": int(participant.user_id), "joined_at": _parse_time(participant.joined_at)},
     )
+    CallRoom.objects.filter(pk=call.pk).update(peak_participants=Greatest(F("peak_participants"), member_count))
     if created:
         signals.send_on_commit(signals.participant_joined, CallParticipant, participant=row)
-    return call
 
 
 def record_leave(*, departure: Departure, reason: LeaveReason, counts: RelayCounts) -> None:
@@ -203,10 +202,7 @@ def record_leave(*, departure: Departure, reason: LeaveReason, counts: RelayCoun
         # A process killed between a join and its batch never wrote it: the process that
         # reaps the participant writes it from presence, so the audit still shows who was
         # in the call, and when.
-        call = _joined(departure.session, participant)
-        CallRoom.objects.filter(pk=call.pk).update(
-            peak_participants=Greatest(F("peak_participants"), len(departure.remaining) + 1)
-        )
+        _joined(departure.session, participant, len(departure.remaining) + 1)
     leaving = CallParticipant.objects.filter(
         call__session_id=session_id, socket_id=participant.socket_id, left_at__isnull=True
     )

@@ -391,6 +391,33 @@ async def test_members_are_put_back_after_redis_lost_its_data(
     assert route.channels == ("channel-a",)
 
 
+async def test_a_route_while_this_process_puts_its_members_back_is_unavailable_not_not_found(
+    processes: list[RedisPresence], redis_server: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between registering again and having every member back, a route that finds
+    nothing must answer "unavailable" (internal-error, retry), not "not found"."""
+    first, second, _ = processes
+    await join(first, "a")
+    await join(second, "b")
+    redis_server.flush()  # type: ignore[attr-defined] - a restart without persistence
+    restoring, go_on = asyncio.Event(), asyncio.Event()
+    restore_held = first._restore_held
+
+    async def held_restore() -> None:
+        restoring.set()
+        await go_on.wait()
+        await restore_held()
+
+    monkeypatch.setattr(first, "_restore_held", held_restore)
+    beat = asyncio.create_task(first.heartbeat())
+    await asyncio.wait_for(restoring.wait(), 5)
+    with pytest.raises(PresenceUnavailable):
+        await first.route(room_key="room", sender="a", target="b")
+    go_on.set()
+    await beat
+    assert socket_ids(await first.members(room_key="room")) == ["a"]
+
+
 async def test_an_unreachable_redis_raises_presence_unavailable(redis_server: object) -> None:
     from tests.servers import free_port
 
