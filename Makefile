@@ -15,8 +15,7 @@ $(VENV)/.installed-%: requirements.txt requirements-dev.txt
 	touch $@
 
 setup: $(VENV)/.installed-run
-	DEBUG=$${DEBUG-1} $(PY) manage.py migrate --noinput
-	DEBUG=$${DEBUG-1} $(PY) manage.py seed_demo
+	DEBUG=$${DEBUG-1} $(PY) manage.py seed_demo --migrate
 
 run: setup
 	DEBUG=$${DEBUG-1} $(PY) manage.py runserver $(HOST):$(PORT)

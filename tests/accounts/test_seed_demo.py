@@ -19,6 +19,6 @@ def test_it_creates_the_demo_users_and_group_once() -> None:
     members = set(Membership.objects.filter(group=group).values_list("user__username", flat=True))
     assert members == {"alice", "bob", "carol"}
     assert User.objects.count() == 5
-    assert User.objects.get(username="alice").check_password(DEMO_PASSWORD)
+    assert all(user.check_password(DEMO_PASSWORD) for user in User.objects.all())
     assert not Membership.objects.filter(user__username="dave").exists()
     assert User.objects.get(username="admin").is_staff

@@ -6,7 +6,8 @@ from functools import cache
 from typing import Any
 
 from django.contrib.auth.hashers import make_password
-from django.core.management.base import BaseCommand
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
 from django.db import transaction
 
 from accounts.models import User
@@ -29,8 +30,18 @@ class Command(BaseCommand):
         f"password {DEMO_PASSWORD}."
     )
 
-    @transaction.atomic
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--migrate", action="store_true", help="apply the migrations first (make run: one start-up instead of two)"
+        )
+
     def handle(self, *args: Any, **options: Any) -> None:
+        if options["migrate"]:
+            call_command("migrate", interactive=False, verbosity=options["verbosity"])
+        self._seed()
+
+    @transaction.atomic
+    def _seed(self) -> None:
         group, _ = Group.objects.get_or_create(name=DEMO_GROUP)
         for username, display_name, role in DEMO_USERS:
             user = self._user(username, display_name)
