@@ -30,7 +30,7 @@ ABNORMAL_CLOSURE = 1006
 
 class CallConsumer(AsyncJsonWebsocketConsumer):
     session: SignalingSession | None = None
-    closing = False  # set once this side closed: nothing more may be sent
+    closing = False  # set once either side closed: nothing more may be sent
     close_code: int | None = None  # the code this side closed with
     ending: asyncio.Task | None = None  # the session's end, once begun
 
@@ -68,15 +68,20 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             writer.cancel()
 
     async def _write_mailbox(self) -> None:
-        """Send the mailbox's frames in order; close when it holds a close code."""
+        """Send the mailbox's frames in order; close when it holds a close code. Once the
+        socket is closed, what is left stays in the mailbox: a parked participant gets
+        it when it resumes."""
         while True:
-            item = await self.mailbox.get()
+            await self.mailbox.wait()
             async with self.turn:
+                if self.closing:
+                    return
+                item = self.mailbox.take()
                 if isinstance(item, int):
                     await self.close(code=item)
                     if item == CloseCode.GOING_AWAY:
                         self._end_session("code=1001 from the server", lost=True)
-                elif not self.closing:
+                elif item is not None:
                     await self.base_send({"type": "websocket.send", "text": item.text(NATIVE)})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -124,9 +129,9 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
             await self.base_send({"type": "websocket.send", "text": outcome.text(NATIVE)})
 
     async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
-        """Close from the server end. Frames still in the mailbox are then dropped:
+        """Close from the server end. Frames still in the mailbox are then not sent:
         servers refuse a send after the close (uvicorn raises, killing the consumer
-        before it could leave its room)."""
+        before it could leave its room); a park takes them."""
         self.closing = True
         self.close_code = code if isinstance(code, int) and not isinstance(code, bool) else None
         await super().close(code=code, reason=reason)
@@ -135,6 +140,7 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
         """Called when the socket closes, whoever closed it: leave the room, or be parked
         for a resume when it was lost without a close frame or this side closed it with
         1001 (docs/protocol.md §5 rule 4)."""
+        self.closing = True
         self._end_session(f"code={code}", lost=code == ABNORMAL_CLOSURE or self.close_code == CloseCode.GOING_AWAY)
         if self.ending is not None:
             await self.ending

@@ -101,13 +101,21 @@ class Mailbox:
         if self.reader is not None and not self.reader.done():
             self.reader.set_result(None)
 
-    async def get(self) -> Outgoing | int:
+    async def wait(self) -> None:
+        """Until something waits here. A writer takes it only once it may send it: a
+        frame taken and then not sent (its socket closed meanwhile, its task cancelled)
+        would be lost to a resume, which gets what is still here."""
         while not self.items:
             self.reader = asyncio.get_running_loop().create_future()
             try:
                 await self.reader
             finally:
                 self.reader = None
+
+    def take(self) -> Outgoing | int | None:
+        """The next item, if any (a diversion may have taken them since ``wait``)."""
+        if not self.items:
+            return None
         item = self.items.popleft()
         if not self.items:
             self.items = None
@@ -154,7 +162,9 @@ async def deliver(addresses: Iterable[str], event: Outgoing) -> int:
     for inbox, socket_ids in remote.items():
         try:
             if inbox == PARKED_INBOX:  # kept in presence until they resume
-                await process.current().presence.buffer(socket_ids=socket_ids, message=event.buffered())
+                resumed = await process.current().presence.buffer(socket_ids=socket_ids, message=event.buffered())
+                if resumed:  # since they were routed to: where they are now
+                    undelivered += await deliver(resumed, event)
                 continue
             message = {"type": _DELIVER, "to": socket_ids, "event": event.event, "data": event.encoded_data()}
             await get_channel_layer().send(inbox, message)

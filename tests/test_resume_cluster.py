@@ -671,13 +671,28 @@ class Rolling:
             for p in self.participants
         )
 
-    def delivered(self) -> bool:
-        return all(
-            p.acked.get(q.index, set()) <= set(q.received.get(p.index, ()))
+    def missing(self) -> dict[str, list[int]]:
+        """Acknowledged relays not (yet) received, by ``sender→target``."""
+        gaps = {
+            f"{p.index}→{q.index}": sorted(p.acked.get(q.index, set()) - set(q.received.get(p.index, ())))
             for p in self.participants
             for q in self.participants
             if p is not q
-        )
+        }
+        return {pair: seqs for pair, seqs in gaps.items() if seqs}
+
+    def delivered(self) -> bool:
+        return not self.missing()
+
+    async def wait_delivered(self, what: str) -> None:
+        """Wait until every acknowledged relay has arrived; if not, say which did not,
+        where their sender and target were, and what the processes logged."""
+        try:
+            await wait_until(self.changed, self.delivered, 15.0, what)
+        except AssertionError as exc:
+            where = {p.index: [(o.from_url, o.to_url, o.close_code, o.missed) for o in p.client.outages]
+                     for p in self.participants}  # fmt: skip
+            raise AssertionError(f"{exc}; missing {self.missing()}; outages {where}\n{self.cluster.logs()}") from None
 
 
 async def test_a_rolling_restart_is_invisible_to_a_full_room(
@@ -728,7 +743,7 @@ async def test_a_rolling_restart_is_invisible_to_a_full_room(
         for p in participants:  # every reply to what was sent before it has come
             reply = await p.request("webrtc:leave-room", {"callRoomId": "sentinel-room"}, id=f"drain-{p.index}")
             assert reply["data"]["error"] == "not-in-room", reply
-        await wait_until(changed, rolling.delivered, 15.0, "every acknowledged relay delivered")
+        await rolling.wait_delivered("every acknowledged relay delivered")
 
         await until(last_close + ROLLING_GRACE_SECS + MARGIN_SECS, "every grace of the restarts is over")
         for p in participants:  # a last round, across processes: the readers are up to date
@@ -743,7 +758,7 @@ async def test_a_rolling_restart_is_invisible_to_a_full_room(
             )  # fmt: skip
             assert reply["event"] == "webrtc:ack", reply
             p.acked.setdefault(target.index, set()).add(seq)
-        await wait_until(changed, rolling.delivered, 15.0, "the last round delivered")
+        await rolling.wait_delivered("the last round delivered")
 
         total_acked = sum(p.acked_count() for p in participants)
         for p in participants:

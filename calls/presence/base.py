@@ -390,9 +390,10 @@ class Presence(abc.ABC):
         dead process's reap leaves it alone); it no longer counts as this process's."""
 
     @abc.abstractmethod
-    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> None:
+    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> list[str]:
         """Keep a message for parked participants (dropping each one's oldest past its
-        ``Parking.capacity``); ids that are not parked any more are skipped."""
+        ``Parking.capacity``). Returns the channels of those that resumed since they were
+        routed to, for the message to go there; ids that have left are skipped."""
 
     @abc.abstractmethod
     async def buffer_late(self, *, socket_id: str, user_id: str, epoch: int, message: Buffered) -> str | None:

@@ -195,11 +195,18 @@ class InMemoryPresence(Presence):
         room.members[socket_id] = Member(member.participant, channel)
         return room.session
 
-    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> None:
+    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> list[str]:
+        resumed = []
         for socket_id in socket_ids:
             parked = self._parked.get(socket_id)
             if parked is not None:
                 parked.keep(message, late=False)
+                continue
+            room = self._rooms.get(self._room_of.get(socket_id, ""))
+            member = room.members.get(socket_id) if room is not None else None
+            if member is not None:
+                resumed.append(member.channel_name)
+        return resumed
 
     async def buffer_late(self, *, socket_id: str, user_id: str, epoch: int, message: Buffered) -> str | None:
         parked = self._parked.get(socket_id)

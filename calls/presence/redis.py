@@ -258,12 +258,23 @@ return 1
 """
 )
 
-# ARGV: prefix, message, then the sockets
+# ARGV: prefix, message, then the sockets. Returns the channels of those that resumed.
 _BUFFER = (
     _LUA_KEEP
     + """
-for i = 3, #ARGV do keep(ARGV[1] .. 'parked:' .. ARGV[i], ':later', ARGV[2]) end
-return 1
+local out = {}
+for i = 3, #ARGV do
+  local sock = ARGV[i]
+  local pk = ARGV[1] .. 'parked:' .. sock
+  if redis.call('HEXISTS', pk, 'cap') == 1 then
+    keep(pk, ':later', ARGV[2])
+  else
+    local room = redis.call('GET', ARGV[1] .. 'socket:' .. sock)
+    local channel = room and redis.call('HGET', ARGV[1] .. 'room:' .. room .. ':channels', sock)
+    if channel and channel ~= 'parked#' .. sock then out[#out + 1] = channel end
+  end
+end
+return out
 """
 )
 
@@ -938,8 +949,8 @@ class RedisPresence(Presence):
         await self._park(args=args + [_buffered(m) for m in parking.pending])
 
     @_unavailable_on_redis_error
-    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> None:
-        await self._buffer(args=[PREFIX, _buffered(message), *socket_ids])
+    async def buffer(self, *, socket_ids: list[str], message: Buffered) -> list[str]:
+        return [_text(channel) for channel in await self._buffer(args=[PREFIX, _buffered(message), *socket_ids])]
 
     @_unavailable_on_redis_error
     async def buffer_late(self, *, socket_id: str, user_id: str, epoch: int, message: Buffered) -> str | None:

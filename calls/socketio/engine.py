@@ -391,16 +391,17 @@ class EngineSession:
     async def _write_mailbox(self, signaling: SignalingSession, mailbox: delivery.Mailbox) -> None:
         """Send what the rules address to the connection, in order; a close code closes."""
         while True:
-            item = await mailbox.get()
-            if isinstance(item, int):
-                await self.close_for(item)
-                return
+            await mailbox.wait()  # taken only when it can be sent (``Mailbox.wait``)
             while self.socket is None and len(self.outbox) >= OUTBOX_LIMIT and not self.closed:
                 self.drained.clear()
                 await self.drained.wait()
             async with self.turn:
-                if self.signaling is signaling:
+                item = mailbox.take()
+                if isinstance(item, Outgoing) and self.signaling is signaling:
                     await self._emit(signaling.caller, item)
+            if isinstance(item, int):
+                await self.close_for(item)
+                return
 
     async def close_for(self, code: int) -> None:
         """Called when the rules close the connection with a native close code. After 4401

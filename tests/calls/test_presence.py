@@ -466,6 +466,24 @@ async def test_a_parked_member_keeps_its_place_and_resumes_with_its_buffer_in_or
     assert await presence.parked_count() == 0
 
 
+async def test_a_message_routed_to_a_parked_member_that_resumed_since_goes_where_it_is_now(
+    presence: Presence,
+) -> None:
+    # Routing and buffering are two calls when presence does not forward: the member
+    # may resume between them, and the message must then follow it, not vanish.
+    await join(presence, "a")
+    await join(presence, "b")
+    await presence.park(parking("a"))
+    routed = await presence.route(room_key="room", sender="b", target="a")
+    assert routed == Route(RouteStatus.OK, (parked_channel("a"),))
+    resumed = await presence.resume(socket_id="a", user_id="1", epoch=0, channel_name="new-a", force=True)
+    assert resumed.status is ResumeStatus.RESUMED
+
+    assert await presence.buffer(socket_ids=["a", "b"], message=("e", b"1")) == ["new-a", "channel-b"]
+    await presence.leave(room_key="room", socket_id="b")
+    assert await presence.buffer(socket_ids=["b", "gone"], message=("e", b"2")) == []  # left: nobody to reach
+
+
 async def test_a_resume_checks_the_user_and_the_epoch(presence: Presence) -> None:
     await join(presence, "a")
     await presence.park(parking("a", epoch=3))

@@ -12,8 +12,10 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from accounts.models import User
-from calls import process, services
+from calls import delivery, process, services
 from calls.models import CallParticipant
+from calls.presence.base import parked_channel
+from calls.protocol import Event, Outgoing, RelayedIceCandidate
 from calls.services import resume
 from tests.calls.conftest import InRoom, all_silent
 from tests.conftest import Client, ConnectFactory, access_token, history_written
@@ -209,6 +211,46 @@ async def test_shutdown_parks_instead_of_announcing(
     process.current().all_closed = None  # (the same state serves on: a new process would)
     again, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
     assert resumed["missed"] == 0
+    await again.round_trip()
+
+
+async def test_a_frame_queued_behind_the_close_that_parks_is_kept_for_the_resume(
+    in_room: InRoom, connect: ConnectFactory, alice: User, bob: User
+) -> None:
+    # A shutdown (or a takeover) asks for 1001, and in the same turn of the event loop
+    # an inbox or a local relay queues a frame behind that request: the frame never
+    # reached the client, so it is the resume's to deliver, not the closed socket's.
+    a, b = await in_room("resume-behind-close", alice, bob)
+    mailbox = process.current().mailboxes[a.socket_id]
+    relayed = RelayedIceCandidate(
+        callRoomId="resume-behind-close", fromSocketId=b.socket_id, fromUserId=str(bob.pk), candidate=candidate(7)
+    )
+    mailbox.put_close(1001)
+    mailbox.put_frame(Outgoing(Event.ICE_CANDIDATE, relayed))
+    await a.expect_close(1001)
+    again, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
+    assert resumed["missed"] == 1
+    assert (await again.expect("webrtc:ice-candidate"))["data"]["candidate"] == candidate(7)
+    await again.round_trip()
+    await b.round_trip()
+
+
+async def test_a_relay_routed_to_the_parked_address_after_the_resume_reaches_the_resumed_connection(
+    in_room: InRoom, connect: ConnectFactory, alice: User, bob: User
+) -> None:
+    # Without forwarding, a relay is routed (to "parked#…") and then buffered, two
+    # calls to presence: the target may resume between them.
+    a, b = await in_room("resume-routed-before", alice, bob)
+    await a.drop()
+    again, _ = await resumed_as(connect, alice, a.resume_token, a.socket_id)
+    relayed = RelayedIceCandidate(
+        callRoomId="resume-routed-before", fromSocketId=b.socket_id, fromUserId=str(bob.pk), candidate=candidate(8)
+    )
+
+    undelivered = await delivery.deliver([parked_channel(a.socket_id)], Outgoing(Event.ICE_CANDIDATE, relayed))
+
+    assert undelivered == 0
+    assert (await again.expect("webrtc:ice-candidate"))["data"]["candidate"] == candidate(8)
     await again.round_trip()
 
 

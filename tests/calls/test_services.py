@@ -51,13 +51,18 @@ async def caller_for(user: User) -> services.Caller:
     return caller
 
 
+async def next_item(mailbox: Mailbox) -> Outgoing | int | None:
+    await mailbox.wait()
+    return mailbox.take()
+
+
 def request(event: Event, **data: Any) -> Request:
     return parse_frame(json.dumps({"event": event.value, "data": data})).request
 
 
 async def delivered(caller: services.Caller) -> dict[str, Any]:
     """The next frame the services addressed to ``caller``."""
-    event = await asyncio.wait_for(_mailboxes[caller.socket_id].get(), RECEIVE_TIMEOUT_SECS)
+    event = await asyncio.wait_for(next_item(_mailboxes[caller.socket_id]), RECEIVE_TIMEOUT_SECS)
     assert isinstance(event, Outgoing)
     return json.loads(event.text(NATIVE))
 
@@ -65,7 +70,7 @@ async def delivered(caller: services.Caller) -> dict[str, Any]:
 async def nothing_delivered(*callers: services.Caller) -> None:
     async def _watch(caller: services.Caller) -> None:
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(_mailboxes[caller.socket_id].get(), SILENCE_SECS)
+            await asyncio.wait_for(next_item(_mailboxes[caller.socket_id]), SILENCE_SECS)
 
     await asyncio.gather(*(_watch(caller) for caller in callers))
 
