@@ -112,6 +112,10 @@ class Mailbox:
             finally:
                 self.reader = None
 
+    def peek(self) -> Outgoing | int | None:
+        """The next item, left where it is."""
+        return self.items[0] if self.items else None
+
     def take(self) -> Outgoing | int | None:
         """The next item, if any (a diversion may have taken them since ``wait``)."""
         if not self.items:

@@ -24,6 +24,8 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from calls.delivery import MAILBOX_CAPACITY
+from calls.socketio.engine import OUTBOX_LIMIT
 from tests.redis_server import RedisServer
 from tests.servers import PROJECT_DIR, Server, demo_server, prepare_database, server_env, start_daphnes
 from tests.socketio_raw import RECEIVE_TIMEOUT_SECS, RawPolling, RawWebsocket, event_packet, http
@@ -246,6 +248,43 @@ async def test_a_client_that_stops_answering_pings_is_closed_and_leaves_its_room
         await silent.closed()
     assert f"disconnect reason=ping-timeout lost=True socketId={silent.socket_id}" in server.log()
     assert f"parked room=silent-{transport} socketId={silent.socket_id}" in server.log()
+    assert_no_traceback(server)
+
+
+async def test_a_long_polling_client_that_stops_polling_holds_back_its_sender(
+    server: Server, tokens: dict[str, str], ws_clients: list[WsClient]
+) -> None:
+    """§5 rule 9 on long-polling: what waits for a client that does not poll is bounded
+    (its outbox, then its mailbox); past that its sender is refused with
+    ``internal-error``, and everything acknowledged reaches the client, in order, once
+    it polls again."""
+    stalled = await RawPolling(server.port).open()
+    await stalled.connect({"token": tokens["alice"]})
+    await stalled.post(event_packet("webrtc:join-room", {"callRoomId": "stalled"}))
+    await stalled.event("webrtc:room-joined")
+    sender = await WsClient.open(server.ws, tokens["bob"])
+    ws_clients.append(sender)
+    await sender.join("stalled")
+    # From now on the client sends no GET (well within its ping interval).
+    most = OUTBOX_LIMIT + MAILBOX_CAPACITY
+    acked: list[str] = []
+    for n in range(most + 10):
+        candidate = f"candidate:{n}"
+        relay = {"callRoomId": "stalled", "targetSocketId": stalled.socket_id, "candidate": candidate}
+        await sender.send("webrtc:ice-candidate", relay, id=n)
+        reply = await sender.receive()
+        assert reply["id"] == n, reply
+        if reply["event"] != "webrtc:ack":
+            assert reply["data"]["error"] == "internal-error", reply
+            break
+        acked.append(candidate)
+    assert MAILBOX_CAPACITY <= len(acked) < most, len(acked)
+
+    assert (await stalled.event("webrtc:participant-joined"))["participant"]["socketId"] == sender.socket_id
+    assert [(await stalled.event("webrtc:ice-candidate"))["candidate"] for _ in acked] == acked
+    await sender.send("webrtc:ice-candidate", {**relay, "candidate": "sentinel"}, id="sentinel")
+    assert (await sender.expect("webrtc:ack"))["id"] == "sentinel"
+    assert (await stalled.event("webrtc:ice-candidate"))["candidate"] == "sentinel"  # nothing else in between
     assert_no_traceback(server)
 
 

@@ -392,7 +392,7 @@ class EngineSession:
         """Send what the rules address to the connection, in order; a close code closes."""
         while True:
             await mailbox.wait()  # taken only when it can be sent (``Mailbox.wait``)
-            while self.socket is None and len(self.outbox) >= OUTBOX_LIMIT and not self.closed:
+            while self._outbox_full() and not isinstance(mailbox.peek(), int):  # a close goes at once
                 self.drained.clear()
                 await self.drained.wait()
             async with self.turn:
@@ -402,6 +402,10 @@ class EngineSession:
             if isinstance(item, int):
                 await self.close_for(item)
                 return
+
+    def _outbox_full(self) -> bool:
+        """A long-polling client has not taken its fill of events yet."""
+        return self.socket is None and len(self.outbox) >= OUTBOX_LIMIT and not self.closed
 
     async def close_for(self, code: int) -> None:
         """Called when the rules close the connection with a native close code. After 4401
