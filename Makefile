@@ -9,9 +9,15 @@ PORT ?= 8000
 
 .PHONY: run test lint format setup bench
 
+# With a pip of its own that can install into another environment (pip 22.3 or later),
+# $(PYTHON) installs into the virtualenv, which is then made without pip (ensurepip is
+# several seconds of a first `make run`); otherwise the virtualenv's own pip does.
+HOST_PIP := $(shell $(PYTHON) -m pip --help 2>/dev/null | grep -q -- '--python <python>' && echo yes)
+PIP := $(if $(HOST_PIP),$(PYTHON) -m pip --python $(PY),$(PY) -m pip)
+
 $(VENV)/.installed-%: requirements.txt requirements-dev.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-compile -r requirements$(if $(filter dev,$*),-dev,).txt
+	test -x $(PY) || $(PYTHON) -m venv $(if $(HOST_PIP),--without-pip) $(VENV)
+	$(PIP) install --quiet --disable-pip-version-check --no-compile -r requirements$(if $(filter dev,$*),-dev,).txt
 	touch $@
 
 setup: $(VENV)/.installed-run
