@@ -50,6 +50,15 @@ async def relay_to(sender: Client, room: str, target: str, event: str, payload: 
     assert ack["id"] == id, ack
 
 
+def relayed_candidate(room: str, sender: Client, user: User, n: int) -> Outgoing:
+    """``candidate(n)`` as the rules relay it from ``sender`` (of ``user``), for a test to
+    put where a relay would."""
+    data = RelayedIceCandidate(
+        callRoomId=room, fromSocketId=sender.socket_id, fromUserId=str(user.pk), candidate=candidate(n)
+    )
+    return Outgoing(Event.ICE_CANDIDATE, data)
+
+
 def metric(name: str) -> float:
     return REGISTRY.get_sample_value(name) or 0.0
 
@@ -222,11 +231,8 @@ async def test_a_frame_queued_behind_the_close_that_parks_is_kept_for_the_resume
     # reached the client, so it is the resume's to deliver, not the closed socket's.
     a, b = await in_room("resume-behind-close", alice, bob)
     mailbox = process.current().mailboxes[a.socket_id]
-    relayed = RelayedIceCandidate(
-        callRoomId="resume-behind-close", fromSocketId=b.socket_id, fromUserId=str(bob.pk), candidate=candidate(7)
-    )
     mailbox.put_close(1001)
-    mailbox.put_frame(Outgoing(Event.ICE_CANDIDATE, relayed))
+    mailbox.put_frame(relayed_candidate("resume-behind-close", b, bob, 7))
     await a.expect_close(1001)
     again, resumed = await resumed_as(connect, alice, a.resume_token, a.socket_id)
     assert resumed["missed"] == 1
@@ -243,11 +249,10 @@ async def test_a_relay_routed_to_the_parked_address_after_the_resume_reaches_the
     a, b = await in_room("resume-routed-before", alice, bob)
     await a.drop()
     again, _ = await resumed_as(connect, alice, a.resume_token, a.socket_id)
-    relayed = RelayedIceCandidate(
-        callRoomId="resume-routed-before", fromSocketId=b.socket_id, fromUserId=str(bob.pk), candidate=candidate(8)
-    )
 
-    undelivered = await delivery.deliver([parked_channel(a.socket_id)], Outgoing(Event.ICE_CANDIDATE, relayed))
+    undelivered = await delivery.deliver(
+        [parked_channel(a.socket_id)], relayed_candidate("resume-routed-before", b, bob, 8)
+    )
 
     assert undelivered == 0
     assert (await again.expect("webrtc:ice-candidate"))["data"]["candidate"] == candidate(8)
