@@ -681,14 +681,11 @@ class Rolling:
         }
         return {pair: seqs for pair, seqs in gaps.items() if seqs}
 
-    def delivered(self) -> bool:
-        return not self.missing()
-
     async def wait_delivered(self, what: str) -> None:
         """Wait until every acknowledged relay has arrived; if not, say which did not,
         where their sender and target were, and what the processes logged."""
         try:
-            await wait_until(self.changed, self.delivered, 15.0, what)
+            await wait_until(self.changed, lambda: not self.missing(), 15.0, what)
         except AssertionError as exc:
             where = {p.index: [(o.from_url, o.to_url, o.close_code, o.missed) for o in p.client.outages]
                      for p in self.participants}  # fmt: skip
