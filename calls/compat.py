@@ -76,7 +76,7 @@ def check_daphne_stack(installed: dict[str, str] | None = None) -> None:
     from twisted.web.http import HTTPChannel
 
     required = {
-        WebSocketProtocol: ("serverClose", "sendCloseFrame", "onOpen", "onMessage"),
+        WebSocketProtocol: ("serverClose", "sendCloseFrame", "onOpen", "onMessage", "STATE_CLOSING", "STATE_CLOSED"),
         WebSocketFactory: ("__init__", "setProtocolOptions"),
         HTTPChannel: ("dataReceived", "allHeadersReceived", "requestDone", "connectionLost", "callLater"),
         Server: ("handle_reply",),
@@ -249,9 +249,14 @@ def _add_flow_control() -> None:
 
     async def handle_reply(self: Server, protocol: WebSocketProtocol, message: dict) -> None:
         flow = getattr(protocol, "calls_write_flow", None)
-        if flow is not None and not flow.writable.is_set() and message.get("type") == "websocket.send":
-            metrics.BACKPRESSURE.labels("outbound").inc()
-            await flow.writable.wait()
+        if flow is not None and message.get("type") == "websocket.send":
+            if not flow.writable.is_set():
+                metrics.BACKPRESSURE.labels("outbound").inc()
+                await flow.writable.wait()
+            if protocol.state in (protocol.STATE_CLOSING, protocol.STATE_CLOSED):
+                # The close handshake has begun, and autobahn would raise: daphne drops
+                # a send once the connection is gone, and this is the moment before.
+                return
         await original_handle_reply(self, protocol, message)
 
     WebSocketProtocol.onOpen = on_open

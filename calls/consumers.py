@@ -82,7 +82,11 @@ class CallConsumer(AsyncJsonWebsocketConsumer):
                     if item == CloseCode.GOING_AWAY:
                         self._end_session("code=1001 from the server", lost=True)
                 elif item is not None:
-                    await self.base_send({"type": "websocket.send", "text": item.text(NATIVE)})
+                    try:
+                        await self.base_send({"type": "websocket.send", "text": item.text(NATIVE)})
+                    except OSError:  # uvicorn: the client has gone, its disconnect is on its way
+                        self.mailbox.put_back([item])
+                        return
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Called for every message from the socket.

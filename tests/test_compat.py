@@ -82,3 +82,29 @@ def test_deferred_highlighting_writes_what_autobahn_would() -> None:
     assert (
         "{}, {:>3}".format(_lazy(hlval)(42), _lazy(hlval)(7, color="red")) == f"{hlval(42)}, {hlval(7, color='red'):>3}"
     )
+
+
+async def test_a_send_once_the_clients_close_has_begun_is_dropped_as_after_the_close(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Between a client's close frame and the end of the connection, autobahn raises on a
+    # send (a writer in the middle of a relay then died with a traceback); daphne itself
+    # drops a send once the connection is gone.
+    from autobahn.exception import Disconnected
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    for owner, name in ((Server, "handle_reply"), (WebSocketProtocol, "onOpen"), (WebSocketProtocol, "onMessage")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # put back after the test
+    original = Server.handle_reply
+    compat._add_flow_control()
+    protocol = WebSocketProtocol()
+    protocol.state, protocol.client_addr = WebSocketProtocol.STATE_CLOSING, ["127.0.0.1", 50000]
+    protocol.calls_write_flow = compat._WriteFlow()
+    server = Server.__new__(Server)
+    server.connections = {protocol: {}}
+    message = {"type": "websocket.send", "text": "42[]"}
+    with pytest.raises(Disconnected):
+        await original(server, protocol, message)
+
+    await Server.handle_reply(server, protocol, message)  # nothing raised, nothing sent
