@@ -202,10 +202,9 @@ class InMemoryPresence(Presence):
             if parked is not None:
                 parked.keep(message, late=False)
                 continue
-            room = self._rooms.get(self._room_of.get(socket_id, ""))
-            member = room.members.get(socket_id) if room is not None else None
-            if member is not None:
-                resumed.append(member.channel_name)
+            key = self._room_of.get(socket_id)
+            if key is not None:  # resumed since it was routed to (else it has left)
+                resumed.append(self._rooms[key].members[socket_id].channel_name)
         return resumed
 
     async def buffer_late(self, *, socket_id: str, user_id: str, epoch: int, message: Buffered) -> str | None:
